@@ -1,0 +1,1 @@
+"""Everything between raw files and batches: readers, preparation, streaming, the LightningDataModule."""

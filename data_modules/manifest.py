@@ -1,0 +1,69 @@
+"""Read a prepared dataset's manifest, verify its shards, and print it in human form (`fusionrec data inspect`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from data_modules import layout
+from data_modules.errors import DataError
+from data_modules.prepare.write import sha256_file
+
+
+def load_manifest(root: str | Path) -> dict[str, Any]:
+    path = Path(root) / layout.MANIFEST
+    if not path.exists():
+        raise DataError("no manifest.json: not a prepared dataset (run `fusionrec data prepare <config>` first)", path=Path(root))
+    m = json.loads(path.read_text(encoding="utf-8"))
+    if m.get("layout_version") != layout.LAYOUT_VERSION:
+        raise DataError(f"layout_version {m.get('layout_version')} but this fusionrec reads {layout.LAYOUT_VERSION}: re-prepare", path=path)
+    return m
+
+
+def verify_checksums(root: str | Path, manifest: dict[str, Any]) -> None:
+    """Raise DataError naming the first shard or side array whose bytes do not match the manifest."""
+    root = Path(root)
+    for split, shards in manifest["shards"].items():
+        for s in shards:
+            p = root / s["path"]
+            if not p.exists():
+                raise DataError(f"{split} shard listed in the manifest is missing", path=p)
+            if sha256_file(p) != s["sha256"]:
+                raise DataError(f"{split} shard checksum does not match the manifest (expected sha256 {s['sha256'][:16]}…): "
+                                "the file changed after preparation; re-run `fusionrec data prepare`", path=p)
+    for name, info in manifest.get("side", {}).items():
+        p = root / layout.SIDE / f"{name}.npy"
+        if not p.exists() or sha256_file(p) != info["sha256"]:
+            raise DataError("side array missing or checksum does not match the manifest; re-run `fusionrec data prepare`", path=p)
+
+
+def format_manifest(m: dict[str, Any], root: str | Path) -> str:
+    """A short human summary: sources, counts, split, rejected rows, schema, shards."""
+    c, s = m["counts"], m["stats"]
+    lines = [
+        f"dataset      {m['name']}  ({root})",
+        f"fingerprint  {m['fingerprint'][:16]}…  prepared {m['created']} in {m['seconds']}s",
+        f"read         {s['raw']}",
+        f"kept         {s['after_filter']} interactions after cleaning ({s['after_clean']}) and filtering; "
+        f"{c['users']} users, {c['items']} items, density {s['density']:.4%}",
+        f"split        {m['split']['protocol']} ratios={m['split']['ratios']} seed={m['split']['seed']}: "
+        f"train {c['train']}, valid {c['valid']}, test {c['test']} (eval users: {m['split']['eval_users']})",
+        "rejected     " + (", ".join(f"{k}={v}" for k, v in m["quarantine"].items()) or "none")
+        + (f"  (sample: {Path(root) / layout.QUARANTINE})" if m["quarantine"] else ""),
+    ]
+    for ent in ("users", "items"):
+        sch = m["schema"].get(ent) or {}
+        parts = [f"{f['name']}(cat:{f['cardinality']})" for f in sch.get("categorical", [])]
+        parts += [f"{f['name']}(multi:{f['cardinality']})" for f in sch.get("multi_categorical", [])]
+        parts += [f"{f['name']}(num)" for f in sch.get("numeric", [])]
+        parts += [f"{f}(text)" for f in sch.get("text", [])]
+        lines.append(f"{ent + ' fields':13}{', '.join(parts) or 'none'}")
+    graphs = m["schema"].get("graphs", {})
+    lines.append("graphs       " + (", ".join(f"{g}: {v['edges']} edges" for g, v in graphs.items()) or "none"))
+    for ent, t in (m["schema"].get("text") or {}).items():
+        lines.append(f"{ent} text    {t['tokenizer']} max_length={t['max_length']} mean tokens {t['mean_tokens']:.1f}; e.g. {t['example']!r}")
+    for split, shards in m["shards"].items():
+        lines.append(f"shards       {split}: {len(shards)} file(s), {sum(x['rows'] for x in shards)} rows, "
+                     f"{sum(x['bytes'] for x in shards) / 1e6:.2f} MB")
+    return "\n".join(lines)

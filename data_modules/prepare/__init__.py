@@ -1,0 +1,1 @@
+"""`fusionrec data prepare`: validate -> clean -> filter -> index -> split -> tokenize -> write shards + manifest."""

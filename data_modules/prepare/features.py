@@ -1,0 +1,124 @@
+"""Encode user/item fields and graphs into dense side arrays, with vocabularies for the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_modules.errors import Quarantine
+from data_modules.tables import FieldKind
+
+
+@dataclass
+class EncodedFields:
+    """Side arrays of one entity type (users or items) plus the schema that describes them."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    schema: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_fields(table: pd.DataFrame | None, key: str, fields: dict[str, FieldKind], index: pd.Index, prefix: str,
+                  q: Quarantine, source: str) -> EncodedFields:
+    """Align `table` to the dense `index` (raw ids in index order) and encode each non-text field.
+
+    Entities without a row get missing values (code 0 / 0.0); rows for entities not in the index are counted.
+    """
+    out = EncodedFields()
+    if table is None or not fields:
+        return out
+    dup = table[key].duplicated()
+    if dup.any():
+        q.reject_many(f"{prefix}_duplicate_row", int(dup.sum()), path=source, reason=f"second row for the same {key}")
+        table = table[~dup]
+    unknown = ~table[key].isin(index)
+    q.reject_many(f"{prefix}_row_without_interactions", int(unknown.sum()), path=source,
+                  reason=f"{key} has attributes but no kept interaction")
+    aligned = table.set_index(key).reindex(index)
+    out.schema["missing_rows"] = int(len(index) - (~unknown).sum())
+    cat_cols, num_cols = [], []
+    for name, kind in fields.items():
+        col = aligned[name]
+        if kind == FieldKind.categorical:
+            codes, vocab = _categorical(col)
+            cat_cols.append(codes)
+            out.schema.setdefault("categorical", []).append({"name": name, "cardinality": len(vocab) + 1, "vocab": vocab})
+        elif kind == FieldKind.multi_categorical:
+            offsets, values, vocab = _multi(col)
+            out.arrays[f"{prefix}_multi_{name}_offsets"], out.arrays[f"{prefix}_multi_{name}_values"] = offsets, values
+            out.schema.setdefault("multi_categorical", []).append({"name": name, "cardinality": len(vocab) + 1, "vocab": vocab})
+        elif kind == FieldKind.numeric:
+            values, stats = _numeric(col)
+            num_cols.append(values)
+            out.schema.setdefault("numeric", []).append({"name": name, **stats})
+        elif kind == FieldKind.text:
+            out.schema.setdefault("text", []).append(name)
+    if cat_cols:
+        out.arrays[f"{prefix}_cat"] = np.stack(cat_cols, axis=1).astype(np.int32)
+    if num_cols:
+        out.arrays[f"{prefix}_num"] = np.stack(num_cols, axis=1).astype(np.float32)
+    return out
+
+
+def _categorical(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+    s = col.astype("string")
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    return (codes + 1).astype(np.int32), [str(u) for u in uniques]
+
+
+def _multi(col: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    lists = [v if isinstance(v, (list, tuple, np.ndarray)) else ([] if v is None or (isinstance(v, float) and np.isnan(v)) else [v])
+             for v in col.tolist()]
+    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    flat = pd.Series([str(t) for x in lists for t in x], dtype="string")
+    codes, uniques = pd.factorize(flat)
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, (codes + 1).astype(np.int32), [str(u) for u in uniques]
+
+
+def _numeric(col: pd.Series) -> tuple[np.ndarray, dict[str, float]]:
+    v = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+    ok = ~np.isnan(v)
+    mean = float(v[ok].mean()) if ok.any() else 0.0
+    std = float(v[ok].std()) if ok.sum() > 1 else 1.0
+    std = std or 1.0
+    out = np.where(ok, (v - mean) / std, 0.0)
+    return out, {"mean": mean, "std": std, "missing": int((~ok).sum())}
+
+
+def encode_graphs(graphs: dict[str, pd.DataFrame], users: pd.Index, items: pd.Index, q: Quarantine,
+                  source: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Map graph edges to dense ids. Edges naming an id outside the kept users/items are counted, not kept."""
+    arrays: dict[str, np.ndarray] = {}
+    schema: dict[str, Any] = {}
+    for name, g in graphs.items():
+        if name == "social":
+            a, b = users.get_indexer(g["src"].astype(str)), users.get_indexer(g["dst"].astype(str))
+            ok = (a >= 0) & (b >= 0)
+            arrays["graph_social"] = np.stack([a[ok], b[ok]], axis=1).astype(np.int32)
+            schema[name] = {"edges": int(ok.sum())}
+        elif name == "kg":
+            it = items.get_indexer(g["item"].astype(str))
+            ok = it >= 0
+            rel_codes, rel_vocab = pd.factorize(g["relation"].astype(str)[ok])
+            ent_codes, ent_vocab = pd.factorize(g["entity"].astype(str)[ok])
+            arrays["graph_kg"] = np.stack([it[ok], rel_codes, ent_codes], axis=1).astype(np.int32)
+            schema[name] = {"edges": int(ok.sum()), "relations": [str(r) for r in rel_vocab], "entities": len(ent_vocab)}
+        elif name == "item_item":
+            a, b = items.get_indexer(g["src"].astype(str)), items.get_indexer(g["dst"].astype(str))
+            ok = (a >= 0) & (b >= 0)
+            rel_codes, rel_vocab = pd.factorize(g["relation"].astype(str)[ok]) if "relation" in g else (np.zeros(int(ok.sum()), int), ["related"])
+            arrays["graph_item_item"] = np.stack([a[ok], b[ok], rel_codes], axis=1).astype(np.int32)
+            schema[name] = {"edges": int(ok.sum()), "relations": [str(r) for r in rel_vocab]}
+        else:
+            raise ValueError(f"unknown graph {name!r}")
+        n_bad = int((~ok).sum())
+        if n_bad:
+            bad = g[~ok].head(q.sample_per_rule)
+            q.reject_many(f"graph_{name}_unknown_id", n_bad, path=source, reason="edge names a user/item that is not in the kept data",
+                          records=bad.to_dict("records"))
+        schema[name]["unknown_id_edges"] = n_bad
+    return arrays, schema

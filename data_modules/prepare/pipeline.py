@@ -1,0 +1,184 @@
+"""Preparation end to end, keyed by a fingerprint of inputs and options so a re-run with the same ones is free."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from data_modules import layout
+from data_modules.errors import DataError, Quarantine
+from data_modules.prepare.clean import clean_interactions
+from data_modules.prepare.config import PrepareConfig
+from data_modules.prepare.features import encode_fields, encode_graphs
+from data_modules.prepare.filter import filter_interactions
+from data_modules.prepare.split import TEST, TRAIN, VALID, split_interactions
+from data_modules.prepare.text import render_texts, tokenize
+from data_modules.prepare.write import atomic_dir, sha256_file, write_id_maps, write_manifest, write_shards, write_side
+from data_modules.sources import read_source, source_files
+
+log = logging.getLogger("fusionrec.prepare")
+
+# Rules that mean a row was malformed; only these count towards clean.max_bad_fraction. Other rules (duplicates,
+# k-core, thresholds, edges outside the catalog) are intended cleaning: counted and reported, never an error.
+BAD_ROW_RULES = ("bad_json", "invalid_utf8", "missing_field", "non_numeric_rating", "rating_out_of_range", "missing_id",
+                 "malformed_row", "bad_timestamp")
+
+
+@dataclass
+class PrepareResult:
+    path: Path
+    manifest: dict[str, Any]
+    reused: bool
+
+
+def fingerprint(cfg: PrepareConfig) -> str:
+    """sha256 of the options (except where the output goes) and of the content of every input file."""
+    h = hashlib.sha256()
+    opts = cfg.to_dict()
+    opts["output"] = {k: v for k, v in opts["output"].items() if k != "dir"}
+    h.update(json.dumps(opts, sort_keys=True, default=str).encode())
+    for f in source_files(cfg.source):
+        h.update(f.name.encode())
+        h.update(sha256_file(f).encode())
+    h.update(str(layout.LAYOUT_VERSION).encode())
+    return h.hexdigest()
+
+
+def prepare(cfg: PrepareConfig, force: bool = False) -> PrepareResult:
+    out = Path(cfg.output.dir).expanduser()
+    fp = fingerprint(cfg)
+    manifest_path = out / layout.MANIFEST
+    if not force and manifest_path.exists():
+        old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if old.get("fingerprint") == fp:
+            log.info("prepared dataset at %s is up to date (fingerprint %s): nothing to do", out, fp[:12])
+            return PrepareResult(out, old, reused=True)
+        log.info("inputs or options changed since %s was prepared: rebuilding", out)
+    t0 = time.perf_counter()
+    tables = read_source(cfg.source)
+    tables.validate()
+    q: Quarantine = tables.quarantine
+    source = str(cfg.source.path)
+    raw_summary = tables.summary()
+    rows_seen = len(tables.interactions) + sum(q.counts.get(r, 0) for r in BAD_ROW_RULES)
+    log.info("read %s: %s", source, raw_summary)
+
+    inter = clean_interactions(tables.interactions, cfg.clean, q, source)
+    n_clean = len(inter)
+    bad = Quarantine()
+    bad.counts.update({r: c for r, c in q.counts.items() if r in BAD_ROW_RULES})
+    bad.samples = [s for s in q.samples if s["rule"] in BAD_ROW_RULES]
+    bad.check(rows_seen, cfg.clean.max_bad_fraction, source)
+    inter = filter_interactions(inter, cfg.filter, q, source)
+
+    users = pd.Index(pd.unique(inter["user"].astype(str)), name="user")
+    items = pd.Index(pd.unique(inter["item"].astype(str)), name="item")
+    inter = inter.assign(user=users.get_indexer(inter["user"].astype(str)).astype(np.int32),
+                         item=items.get_indexer(inter["item"].astype(str)).astype(np.int32))
+    part = split_interactions(inter, cfg.split)
+    if not (part == TRAIN).any():
+        raise DataError(f"split {cfg.split.protocol!r} left no training interactions", path=source)
+
+    train = inter[part == TRAIN]
+    train, hist = _history(train)
+    side: dict[str, np.ndarray] = dict(hist)
+    side["item_popularity"] = np.bincount(train["item"].to_numpy(), minlength=len(items)).astype(np.int64)
+    schema: dict[str, Any] = {"interactions": [c for c in ("user", "item", "rating", "timestamp", "review", "event") if c in inter.columns]}
+    for prefix, table, key, fields, index in (("user", tables.users, "user", tables.user_fields, users),
+                                              ("item", tables.items, "item", tables.item_fields, items)):
+        enc = encode_fields(table, key, fields, index.astype(str), prefix, q, source)
+        side.update(enc.arrays)
+        schema[f"{prefix}s"] = enc.schema
+    graph_arrays, schema["graphs"] = encode_graphs(tables.graphs, users, items, q, source)
+    side.update(graph_arrays)
+    schema["text"] = _text(cfg, tables, inter, part, users, items, side)
+
+    stats = {
+        "raw": raw_summary,
+        "rows_read": tables.rows_read,
+        "after_clean": n_clean,
+        "after_filter": len(inter),
+        "users": len(users),
+        "items": len(items),
+        "density": len(inter) / (len(users) * len(items)),
+        "rating_mean": float(inter["rating"].mean()) if "rating" in inter.columns else None,
+        "items_without_training_interactions": int((side["item_popularity"] == 0).sum()),
+    }
+    split_sizes = {name: int((part == code).sum()) for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))}
+    with atomic_dir(out) as tmp:
+        shards = {"train": write_shards(train, tmp / "train", tmp, cfg.output.shard_rows, cfg.output.block_rows)}
+        for name, code in (("valid", VALID), ("test", TEST)):
+            ev = inter[part == code].sort_values(["user", "item"], kind="stable")
+            shards[name] = write_shards(ev, tmp / name, tmp, cfg.output.shard_rows, cfg.output.block_rows)
+        side_info = write_side(side, tmp)
+        write_id_maps(users, items, tmp)
+        q.write(tmp / layout.QUARANTINE)
+        manifest = {
+            "layout_version": layout.LAYOUT_VERSION,
+            "name": tables.name,
+            "fingerprint": fp,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": cfg.to_dict(),
+            "counts": {"users": len(users), "items": len(items), **split_sizes},
+            "split": {"protocol": cfg.split.protocol, "ratios": list(cfg.split.ratios), "seed": cfg.split.seed, "sizes": split_sizes,
+                      "eval_users": {name: int(inter.loc[part == code, "user"].nunique()) for name, code in (("valid", VALID), ("test", TEST))}},
+            "stats": stats,
+            "quarantine": dict(q.counts.most_common()),
+            "schema": schema,
+            "shards": shards,
+            "side": side_info,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        write_manifest(manifest, tmp)
+    log.info("prepared %s in %.1fs -> %s", tables.name, manifest["seconds"], out)
+    return PrepareResult(out, manifest, reused=False)
+
+
+def _history(train: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Each user's training items in time order (CSR) and each row's position in it (`seq_pos`).
+
+    Rows are returned in a seeded random order, so every shard block is a fair sample for the streaming shuffle.
+    """
+    keys = ["user", "timestamp"] if "timestamp" in train.columns else ["user"]
+    ordered = train.sort_values(keys, kind="stable")
+    users = ordered["user"].to_numpy()
+    counts = np.bincount(users, minlength=int(users.max()) + 1 if len(users) else 0)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    seq_pos = np.arange(len(ordered)) - offsets[users]
+    ordered = ordered.assign(seq_pos=seq_pos.astype(np.int32))
+    shuffled = ordered.sample(frac=1.0, random_state=0)
+    return shuffled, {"history_offsets": offsets, "history_items": ordered["item"].to_numpy().astype(np.int32)}
+
+
+def _text(cfg: PrepareConfig, tables: Any, inter: pd.DataFrame, part: np.ndarray, users: pd.Index, items: pd.Index,
+          side: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Render and tokenize item (and user) text once; only training reviews feed user text (no leakage)."""
+    if not cfg.text.tokenizer:
+        return {}
+    info: dict[str, Any] = {}
+    item_texts = render_texts(tables.items, "item", tables.item_fields, items.astype(str), cfg.text.item_template)
+    offs, ids, info["item"] = tokenize(item_texts, cfg.text.tokenizer, cfg.text.max_length, cfg.text.trust_remote_code)
+    side["item_text_offsets"], side["item_text_ids"] = offs, ids
+    info["item"]["example"] = item_texts[0][:200] if item_texts else ""
+    if cfg.text.user_template or cfg.text.user_reviews:
+        extra = None
+        if cfg.text.user_reviews and "review" in inter.columns:
+            tr = inter[(part == TRAIN) & inter["review"].notna()]
+            if "timestamp" in tr.columns:
+                tr = tr.sort_values(["user", "timestamp"], kind="stable")
+            recent = tr.groupby("user", sort=False)["review"].apply(lambda s: list(s.tail(cfg.text.user_reviews)))
+            extra = {int(u): [str(r) for r in rs] for u, rs in recent.items()}
+        user_texts = render_texts(tables.users, "user", tables.user_fields, users.astype(str), cfg.text.user_template, extra)
+        offs, ids, info["user"] = tokenize(user_texts, cfg.text.tokenizer, cfg.text.max_length, cfg.text.trust_remote_code)
+        side["user_text_offsets"], side["user_text_ids"] = offs, ids
+        info["user"]["example"] = user_texts[0][:200] if user_texts else ""
+    return info

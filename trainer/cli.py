@@ -1,0 +1,67 @@
+"""The `fusionrec` command.
+
+    fusionrec data prepare CONFIG [--force] [--out DIR]   raw files -> prepared dataset (shards + manifest)
+    fusionrec data inspect DIR [--verify]                 the manifest in human form
+    fusionrec fit|validate|test|predict --config RUN.yaml  training and evaluation (LightningCLI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _data_main(argv: list[str]) -> int:
+    from data_modules.errors import DataError
+
+    p = argparse.ArgumentParser(prog="fusionrec data", description="Prepare and inspect datasets.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pp = sub.add_parser("prepare", help="raw files -> parquet shards + manifest.json")
+    pp.add_argument("config", help="prepare YAML (configs/data/*.yaml)")
+    pp.add_argument("--force", action="store_true", help="rebuild even when inputs and options are unchanged")
+    pp.add_argument("--out", help="override output.dir")
+    pi = sub.add_parser("inspect", help="print a prepared dataset's manifest")
+    pi.add_argument("dir")
+    pi.add_argument("--verify", action="store_true", help="also check every shard's sha256")
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "prepare":
+            from data_modules.manifest import format_manifest
+            from data_modules.prepare.config import PrepareConfig
+            from data_modules.prepare.pipeline import prepare
+
+            cfg = PrepareConfig.from_yaml(a.config)
+            if a.out:
+                cfg.output.dir = a.out
+            res = prepare(cfg, force=a.force)
+            print(format_manifest(res.manifest, res.path))
+            print(f"{'reused' if res.reused else 'wrote'} {res.path}")
+        else:
+            from data_modules.manifest import format_manifest, load_manifest, verify_checksums
+
+            m = load_manifest(a.dir)
+            if a.verify:
+                verify_checksums(a.dir, m)
+            print(format_manifest(m, a.dir))
+            if a.verify:
+                print("checksums    all shards and side arrays match the manifest")
+    except (DataError, ValueError, FileNotFoundError) as e:
+        print(f"fusionrec data {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    if argv and argv[0] == "data":
+        return _data_main(argv[1:])
+    from trainer.lightning_cli import run_lightning_cli
+
+    run_lightning_cli(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
