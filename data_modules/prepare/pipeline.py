@@ -21,7 +21,14 @@ from data_modules.prepare.features import encode_fields, encode_graphs
 from data_modules.prepare.filter import filter_interactions
 from data_modules.prepare.split import TEST, TRAIN, VALID, split_interactions
 from data_modules.prepare.text import render_texts, tokenize
-from data_modules.prepare.write import atomic_dir, sha256_file, write_id_maps, write_manifest, write_shards, write_side
+from data_modules.prepare.write import (
+    atomic_dir,
+    sha256_file,
+    write_id_maps,
+    write_manifest,
+    write_shards,
+    write_side,
+)
 from data_modules.sources import read_source, source_files
 
 log = logging.getLogger("fusionrec.prepare")

@@ -1,0 +1,60 @@
+"""Observability callbacks: throughput (examples/s, text tokens/s), gradient norm, peak memory, data stall."""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import grad_norm
+
+
+class TrainingMonitor(pl.Callback):
+    """Logs every `log_every_n_steps`: examples/s and text tokens/s (this rank x world size), time waiting for
+    data (the gap between one step's end and the next step's start), total gradient 2-norm, and peak memory
+    (CUDA max allocated on GPU; max RSS of the process on CPU)."""
+
+    def __init__(self) -> None:
+        self._t_end: float | None = None
+        self._t_start = 0.0
+        self._examples = 0
+        self._tokens = 0
+        self._stall = 0.0
+        self._t_window = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._t_end is not None:
+            self._stall += now - self._t_end
+        self._t_start = now
+        self._examples += int(batch["user"].shape[0])
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._t_end = time.perf_counter()
+        self._tokens += int(getattr(pl_module, "last_text_tokens", 0))
+        if (trainer.global_step % max(1, trainer.log_every_n_steps)) == 0:
+            dt = max(self._t_end - self._t_window, 1e-9)
+            w = trainer.world_size
+            pl_module.log_dict({
+                "perf/examples_per_s": self._examples * w / dt,
+                "perf/text_tokens_per_s": self._tokens * w / dt,
+                "perf/data_stall_fraction": self._stall / dt,
+                "perf/peak_memory_mb": _peak_memory_mb(pl_module.device),
+            }, on_step=True, on_epoch=False, rank_zero_only=True)
+            self._examples = self._tokens = 0
+            self._stall = 0.0
+            self._t_window = self._t_end
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+        if (trainer.global_step % max(1, trainer.log_every_n_steps)) == 0:
+            norms = grad_norm(pl_module, norm_type=2)
+            if "grad_2.0_norm_total" in norms:
+                pl_module.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
