@@ -1,0 +1,114 @@
+"""Losses against values worked by hand on tiny tensors."""
+
+from __future__ import annotations
+
+from math import exp, log
+
+import pytest
+import torch
+
+from trainer.losses import BCELoss, BPRLoss, MultiObjective, RatingMSELoss, SampledSoftmaxLoss, Scores
+
+pytestmark = pytest.mark.unit
+
+
+def _scores() -> Scores:
+    # row 0's first sampled negative is its own positive (item 5): an accidental hit, masked
+    return Scores(
+        pos=torch.tensor([2.0, 1.0]),
+        pos_items=torch.tensor([5, 7]),
+        in_batch=torch.tensor([[2.0, 0.5], [0.3, 1.0]]),
+        pos_logq=torch.tensor([log(0.5), log(0.25)]),
+        neg=torch.tensor([[1.0, 0.0], [2.0, 0.0]]),
+        neg_items=torch.tensor([[5, 9], [3, 4]]),
+        neg_logq=torch.tensor([[log(0.1), log(0.2)], [log(0.1), log(0.2)]]),
+    )
+
+
+def test_sampled_softmax_with_logq_and_masking():
+    # row 0: target 2; in-batch item 7: 0.5 - log .25; negative 9: 0 - log .2 (item 5 masked)
+    row0 = -2 + log(exp(2) + exp(0.5) * 4 + 5)
+    # row 1: target 1; in-batch item 5: 0.3 - log .5; negatives: 2 - log .1, 0 - log .2
+    row1 = -1 + log(exp(1) + exp(0.3) * 2 + exp(2) * 10 + 5)
+    got = SampledSoftmaxLoss()(_scores())
+    assert got.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_sampled_softmax_temperature_and_no_logq():
+    # temperature 0.5 doubles every score; no correction
+    row0 = -4 + log(exp(4) + exp(1) + exp(0))
+    row1 = -2 + log(exp(2) + exp(0.6) + exp(4) + exp(0))
+    got = SampledSoftmaxLoss(temperature=0.5, logq_correction=False)(_scores())
+    assert got.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_in_batch_duplicates_of_the_positive_are_masked():
+    s = Scores(
+        pos=torch.tensor([1.0, 3.0]),
+        pos_items=torch.tensor([4, 4]),
+        in_batch=torch.tensor([[1.0, 9.0], [9.0, 3.0]]),
+    )
+    # the only other column is the same item: each row's softmax has the target alone -> loss 0
+    assert SampledSoftmaxLoss()(s).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_bpr_skips_accidental_hits():
+    s = _scores()
+    # pairs kept: (2 - 0), (1 - 2), (1 - 0)
+    expected = (log(1 + exp(-2)) + log(1 + exp(1)) + log(1 + exp(-1))) / 3
+    assert BPRLoss()(s).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_bce_positives_one_negatives_zero():
+    s = _scores()
+    # positives: log(1 + e^-x); negatives (hit excluded): log(1 + e^x); mean over 2 + 3 terms
+    pos = log(1 + exp(-2)) + log(1 + exp(-1))
+    neg = log(1 + exp(0)) + log(1 + exp(2)) + log(1 + exp(0))
+    assert BCELoss()(s).item() == pytest.approx((pos + neg) / 5, rel=1e-6)
+
+
+def test_mse_ignores_missing_ratings():
+    s = Scores(
+        pos=torch.zeros(3),
+        pos_items=torch.arange(3),
+        rating=torch.tensor([2.0, float("nan"), 5.0]),
+        rating_pred=torch.tensor([1.0, 2.0, 3.0], requires_grad=True),
+    )
+    loss = RatingMSELoss()(s)
+    assert loss.item() == pytest.approx((1 + 4) / 2)
+    loss.backward()
+    assert s.rating_pred.grad.tolist() == pytest.approx([-1.0, 0.0, -2.0])  # d/dp mean((p - r)^2) = (p - r)
+
+
+def test_mse_without_any_rating_is_zero_not_nan():
+    s = Scores(
+        pos=torch.ones(2, requires_grad=True),
+        pos_items=torch.arange(2),
+        rating=torch.tensor([float("nan"), float("nan")]),
+    )
+    loss = RatingMSELoss()(s)
+    assert loss.item() == 0.0
+    loss.backward()
+
+
+def test_multi_objective_weights_and_terms():
+    s = _scores()
+    s.rating, s.rating_pred = torch.tensor([1.0, 3.0]), torch.tensor([2.0, 3.0])
+    obj = MultiObjective({"softmax": SampledSoftmaxLoss(), "mse": RatingMSELoss()}, {"mse": 0.5})
+    total, terms = obj(s)
+    assert set(terms) == {"softmax", "mse"}
+    assert terms["mse"].item() == pytest.approx(0.5)
+    assert total.item() == pytest.approx(terms["softmax"].item() + 0.25, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown losses"):
+        MultiObjective({"bpr": BPRLoss()}, {"bce": 1.0})
+
+
+def test_scores_from_vectors():
+    user = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    pos = torch.tensor([[3.0, 1.0], [1.0, 1.0]])
+    neg = torch.tensor([[[1.0, 1.0]], [[2.0, -1.0]]])
+    batch = {"item": torch.tensor([0, 1]), "neg_items": torch.tensor([[2], [3]])}
+    s = Scores.from_vectors(user, pos, neg, batch)
+    assert s.pos.tolist() == [3.0, 2.0]
+    assert s.neg.tolist() == [[1.0], [-2.0]]
+    assert s.in_batch.tolist() == [[3.0, 1.0], [2.0, 2.0]]

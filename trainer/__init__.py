@@ -1,0 +1,1 @@
+"""Everything that learns: encoders, fusion, losses, metrics, the LightningModule, strategies, the command line."""

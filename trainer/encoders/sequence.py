@@ -1,0 +1,96 @@
+"""SASRec-like user encoder: causal self-attention over the representations of the user's recent items."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trainer.encoders.base import SourceEncoder
+
+
+class SequenceEncoder(nn.Module):
+    """Encode a user by its history: `forward(ids (B,), ctx) -> (B, dim)`.
+
+    Reads `ctx["history"]` (B, L) long item ids and `ctx["history_mask"]` (B, L) bool, right-aligned (most
+    recent item at L - 1, padding on the left). Items are represented by `item_embedding`, a source encoder
+    shared with the item tower (so the sequence and the item vectors live in one space), plus a learned
+    position embedding indexed by recency (0 = most recent). The output is the hidden state at the last
+    position; a row with an empty history gets a learned "no history" vector instead.
+
+    Args:
+        item_embedding: source encoder of items, called as `item_embedding(ids (M,), {}) -> (M, E)`.
+        dim: model and output size (a Linear maps E -> dim when they differ).
+        n_layers, n_heads, dropout: transformer shape.
+        max_len: longest history used; longer ones keep their most recent `max_len` items.
+        name: source name used by the fusion head.
+    """
+
+    def __init__(
+        self,
+        item_embedding: SourceEncoder,
+        dim: int,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        max_len: int = 50,
+        dropout: float = 0.1,
+        name: str = "sequence",
+        history_key: str = "history",
+        mask_key: str = "history_mask",
+    ):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"SequenceEncoder: dim={dim} is not divisible by n_heads={n_heads}")
+        self.name = name
+        self.out_dim = dim
+        self.max_len = max_len
+        self.n_heads = n_heads
+        self.history_key, self.mask_key = history_key, mask_key
+        self.item_embedding = item_embedding
+        in_dim = int(item_embedding.out_dim)
+        self.input_proj = nn.Linear(in_dim, dim) if in_dim != dim else nn.Identity()
+        self.positions = nn.Embedding(max_len, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                dim,
+                n_heads,
+                dim_feedforward=4 * dim,
+                dropout=dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.no_history = nn.Parameter(torch.zeros(dim))
+        nn.init.normal_(self.positions.weight, std=0.02)
+        nn.init.normal_(self.no_history, std=0.02)
+
+    def forward(self, ids: Tensor, ctx: Mapping[str, Any]) -> Tensor:
+        history: Tensor = ctx[self.history_key][:, -self.max_len :]
+        valid: Tensor = ctx[self.mask_key][:, -self.max_len :].bool()
+        b, length = history.shape
+        if length == 0:
+            return self.no_history.expand(b, -1)
+        items = self.item_embedding(history.reshape(-1), {}).reshape(b, length, -1)
+        recency = torch.arange(length - 1, -1, -1, device=history.device)  # (L,): 0 = most recent
+        x = self.dropout(self.input_proj(items) + self.positions(recency))
+        x = x * valid.unsqueeze(-1).to(x.dtype)
+
+        # True = may not attend. Causal, padded keys blocked; every query may always see itself, so padded
+        # queries never get a fully masked row (whose softmax would be NaN and leak into later layers).
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+        blocked = causal.unsqueeze(0) | ~valid.unsqueeze(1)  # (B, L, L)
+        blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=x.device)
+        attn_mask = blocked.repeat_interleave(
+            self.n_heads, dim=0
+        )  # (B * H, L, L), as MultiheadAttention wants
+        for layer in self.layers:
+            x = layer(x, src_mask=attn_mask)
+        last = self.norm(x[:, -1])  # (B, dim)
+        has_history = valid.any(dim=1, keepdim=True)
+        return torch.where(has_history, last, self.no_history.to(last.dtype).expand_as(last))

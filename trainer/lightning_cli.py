@@ -1,0 +1,70 @@
+"""`fusionrec fit | validate | test | predict --config configs/<run>.yaml` through LightningCLI.
+
+YAML -> typed signatures -> objects: the model's option groups are dataclasses, the data module's are plain
+arguments, and the strategy is chosen by name (see trainer/strategies.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pytorch_lightning.cli import LightningCLI
+
+from data_modules.datamodule import FusionDataModule
+from trainer.module import FusionModule
+
+log = logging.getLogger("fusionrec")
+
+
+class FusionCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
+        parser.add_argument("--strategy_name", default="single",
+                            help="single | ddp | deepspeed_stage_1 | deepspeed_stage_2 | deepspeed_stage_3 | deepspeed_stage_3_offload")
+        parser.add_argument("--deepspeed_config", default=None, help="DeepSpeed JSON overriding configs/deepspeed/<name>.json")
+
+    def instantiate_trainer(self, **kwargs):  # type: ignore[no-untyped-def]
+        from trainer.strategies import build_strategy
+
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        strategy = build_strategy(cfg.get("strategy_name", "single"), cfg.get("deepspeed_config"))
+        if strategy is not None:
+            kwargs["strategy"] = strategy
+        return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        _report(self.trainer, "fit")
+
+    def after_test(self) -> None:
+        _report(self.trainer, "test")
+
+    def after_validate(self) -> None:
+        _report(self.trainer, "validate")
+
+
+def _report(trainer, what: str) -> None:  # type: ignore[no-untyped-def]
+    if trainer.global_rank != 0:
+        return
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
+    if metrics:
+        width = max(len(k) for k in metrics)
+        print(f"\n{what} metrics:")
+        for k in sorted(metrics):
+            print(f"  {k:<{width}}  {metrics[k]:.4f}")
+    if trainer.logger is not None and getattr(trainer.logger, "log_dir", None):
+        print(f"TensorBoard logs: {trainer.logger.log_dir}   (bash launch/tensorboard.sh {Path(trainer.logger.log_dir).parent})")
+    ckpt = trainer.checkpoint_callback
+    if what == "fit" and ckpt is not None and getattr(ckpt, "best_model_path", ""):
+        print(f"best checkpoint: {ckpt.best_model_path} (by {ckpt.monitor}); last: {ckpt.last_model_path}")
+
+
+def run_lightning_cli(argv: list[str]) -> None:
+    FusionCLI(
+        FusionModule,
+        FusionDataModule,
+        args=argv,
+        seed_everything_default=2020,
+        save_config_kwargs={"overwrite": True},
+        # evaluation users are sharded by rank in the data module; Lightning must not add a sampler
+        trainer_defaults={"use_distributed_sampler": False},
+    )

@@ -1,0 +1,191 @@
+"""The LightningModule: two fused towers trained on streamed batches, evaluated by full ranking over all items.
+
+Ranks stay out of the towers: this module only asks the strategy to sum metric states across processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainer.builder import build_objective, build_two_tower
+from trainer.config import LossConfig, ModelConfig
+from trainer.losses import Scores
+from trainer.metrics import RankingAccumulator, RatingAccumulator
+from trainer.optim import OptimConfig, param_groups, warmup_cosine
+
+log = logging.getLogger("fusionrec.module")
+
+
+def _as(cls: type, value: Any) -> Any:
+    """Accept a dataclass or its dict form (checkpoints store plain dicts, so they load with weights_only)."""
+    if isinstance(value, cls):
+        return value
+    value = dict(value or {})
+    if cls is ModelConfig:
+        from trainer.config import GraphSourceConfig, SequenceSourceConfig, TextSourceConfig
+
+        for key, sub in (("text", TextSourceConfig), ("sequence", SequenceSourceConfig), ("graph", GraphSourceConfig)):
+            if isinstance(value.get(key), dict):
+                value[key] = sub(**value[key])
+    return cls(**value)
+
+
+class FusionModule(pl.LightningModule):
+    """Args:
+        model: which sources, fusion head, sizes (trainer/config.py).
+        loss: objectives and weights.
+        optim: learning rates (separate for the text backbone), weight decay, warmup + cosine.
+        metrics_k: cut-offs K for Recall / NDCG / MRR / Hit / Precision @K.
+        monitor_k: K whose NDCG is reported as `val/ndcg` for checkpoint selection and early stopping.
+        predict_top_k: items per user written by `fusionrec predict`.
+        eval_item_batch: items per chunk when encoding the whole catalog for evaluation.
+    """
+
+    def __init__(self, model: ModelConfig | None = None, loss: LossConfig | None = None, optim: OptimConfig | None = None,
+                 metrics_k: list[int] | None = None, monitor_k: int = 10, predict_top_k: int = 10, eval_item_batch: int = 4096):
+        super().__init__()
+        self.model_cfg = _as(ModelConfig, model)
+        self.loss_cfg = _as(LossConfig, loss)
+        self.optim_cfg = _as(OptimConfig, optim)
+        self.metrics_k = list(metrics_k or [10, 20])
+        if monitor_k not in self.metrics_k:
+            raise ValueError(f"monitor_k={monitor_k} must be one of metrics_k={self.metrics_k}")
+        self.monitor_k, self.predict_top_k, self.eval_item_batch = monitor_k, predict_top_k, eval_item_batch
+        self.save_hyperparameters({"model": asdict(self.model_cfg), "loss": asdict(self.loss_cfg), "optim": asdict(self.optim_cfg),
+                                   "metrics_k": self.metrics_k, "monitor_k": monitor_k, "predict_top_k": predict_top_k,
+                                   "eval_item_batch": eval_item_batch})
+        self.towers = None
+        self.objective = build_objective(self.loss_cfg)
+        self.ranking = RankingAccumulator(self.metrics_k)
+        self.rating = RatingAccumulator()
+        self._item_table: Tensor | None = None
+        self._eval_ctx: dict[str, Any] = {}
+        self.last_text_tokens = 0
+
+    # -- model ----------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Built from the data module's side data (catalog size, fields, token ids, graphs) once it is set up."""
+        if self.towers is not None:
+            return
+        dm = self.trainer.datamodule
+        self.towers = build_two_tower(self.model_cfg, dm.side, history_len=dm.hparams.history_len)
+
+    def _vectors(self, out: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None]:
+        v, w = out
+        return (F.normalize(v, dim=-1) if self.model_cfg.normalize else v), w
+
+    # -- training ---------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        t = self.towers
+        ctx = t.context(batch)
+        user, ugates = self._vectors(t.encode_users(batch["user"], ctx))
+        pos, igates = self._vectors(t.encode_items(batch["item"], ctx))
+        neg = None
+        if "neg_items" in batch and batch["neg_items"].numel():
+            b, n = batch["neg_items"].shape
+            neg = self._vectors(t.encode_items(batch["neg_items"].reshape(-1), ctx))[0].view(b, n, -1)
+        total, terms = self.objective(Scores.from_vectors(user, pos, neg, batch))
+        bs = batch["user"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        for name, value in terms.items():
+            self.log(f"train/loss_{name}", value, batch_size=bs)
+        for tower, gates, names in (("user", ugates, t.user.names), ("item", igates, t.item.names)):
+            if gates is not None:
+                for i, name in enumerate(names):
+                    self.log(f"gates/{tower}_{name}", gates[:, i].mean(), on_step=False, on_epoch=True, batch_size=bs)
+        self.last_text_tokens = sum(int(getattr(enc, "last_tokens", 0)) for enc in self.modules() if hasattr(enc, "last_tokens"))
+        return total
+
+    def configure_optimizers(self) -> Any:
+        text_prefixes = tuple(f"{name}.encoders.text" for name in ("towers.user", "towers.item"))
+        opt = torch.optim.AdamW(param_groups(self, self.optim_cfg, text_prefixes))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = warmup_cosine(opt, min(self.optim_cfg.warmup_steps, total // 2), total, self.optim_cfg.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    def _start_eval(self) -> None:
+        """Encode the whole catalog once per evaluation (cost grows with items, not items x users)."""
+        with torch.no_grad():
+            self._eval_ctx = self.towers.context()
+            self._item_table = self._vectors((self.towers.all_item_vectors(self.eval_item_batch, self._eval_ctx), None))[0]
+        self.ranking.reset()
+        self.rating.reset()
+
+    def _eval_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        ctx = {**self._eval_ctx, **batch}
+        user, gates = self._vectors(self.towers.encode_users(batch["user"], ctx))
+        scores = user @ self._item_table.T  # (B, n_items)
+        b = scores.shape[0]
+        relevant = _csr(batch["target_rows"], batch["target_cols"], b)
+        seen = _csr(batch["seen_rows"], batch["seen_cols"], b)
+        self.ranking.update(scores, relevant, seen)
+        if "mse" in self.loss_cfg.weights:
+            self.rating.update(scores[batch["target_rows"], batch["target_cols"]], batch["target_ratings"])
+        return scores, gates
+
+    def _end_eval(self, prefix: str) -> None:
+        sums, count = self.ranking.state()
+        metrics = self.ranking.compute(*self._reduce(sums, count))
+        if "mse" in self.loss_cfg.weights:
+            metrics.update(self.rating.compute(*self._reduce(*self.rating.state())))
+        metrics["ndcg"] = metrics[f"ndcg@{self.monitor_k}"]
+        # already reduced across ranks: every rank logs the same numbers
+        self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
+        self._item_table = None
+        self._eval_ctx = {}
+
+    def _reduce(self, sums: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums.to(self.device), reduce_op="sum")
+            count = self.trainer.strategy.reduce(count.to(self.device), reduce_op="sum")
+        return sums, count
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    def on_predict_epoch_start(self) -> None:
+        self._start_eval()
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Top-K unseen items per user with scores, and the user tower's per-source weights (attribution)."""
+        ctx = {**self._eval_ctx, **batch}
+        user, gates = self._vectors(self.towers.encode_users(batch["user"], ctx))
+        scores = user @ self._item_table.T
+        scores[batch["seen_rows"], batch["seen_cols"]] = float("-inf")
+        top = scores.topk(min(self.predict_top_k, scores.shape[1]), dim=1)
+        out = {"user": batch["user"], "items": top.indices, "scores": top.values}
+        if gates is not None:
+            out["gates"] = gates
+        return out
+
+
+def _csr(rows: Tensor, cols: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+    """(row, col) pairs sorted by row -> (offsets (B + 1,), cols)."""
+    order = torch.argsort(rows, stable=True)
+    counts = torch.bincount(rows, minlength=batch)
+    offsets = torch.zeros(batch + 1, dtype=torch.long, device=rows.device)
+    offsets[1:] = torch.cumsum(counts, 0)
+    return offsets, cols[order]
