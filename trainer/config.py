@@ -77,6 +77,10 @@ class ModelConfig:
     graph: GraphSourceConfig = field(default_factory=GraphSourceConfig)
 
     def __post_init__(self) -> None:
+        # nested groups may arrive as dicts (checkpoint hyper-parameters are stored as plain dicts)
+        for key, kind in (("text", TextSourceConfig), ("sequence", SequenceSourceConfig), ("graph", GraphSourceConfig)):
+            if isinstance(getattr(self, key), dict):
+                setattr(self, key, kind(**getattr(self, key)))
         bad = set(self.sources) - {"id", "tabular", "text", "sequence", "graph"}
         if bad or not self.sources:
             raise ValueError(f"model.sources={self.sources}: expected a non-empty subset of id, tabular, text, sequence, graph")

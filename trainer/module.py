@@ -27,14 +27,7 @@ def _as(cls: type, value: Any) -> Any:
     """Accept a dataclass or its dict form (checkpoints store plain dicts, so they load with weights_only)."""
     if isinstance(value, cls):
         return value
-    value = dict(value or {})
-    if cls is ModelConfig:
-        from trainer.config import GraphSourceConfig, SequenceSourceConfig, TextSourceConfig
-
-        for key, sub in (("text", TextSourceConfig), ("sequence", SequenceSourceConfig), ("graph", GraphSourceConfig)):
-            if isinstance(value.get(key), dict):
-                value[key] = sub(**value[key])
-    return cls(**value)
+    return cls(**dict(value or {}))
 
 
 class FusionModule(pl.LightningModule):

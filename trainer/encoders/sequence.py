@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.encoders.base import SourceEncoder
@@ -53,18 +54,7 @@ class SequenceEncoder(nn.Module):
         self.input_proj = nn.Linear(in_dim, dim) if in_dim != dim else nn.Identity()
         self.positions = nn.Embedding(max_len, dim)
         self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                dim,
-                n_heads,
-                dim_feedforward=4 * dim,
-                dropout=dropout,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
-            for _ in range(n_layers)
-        )
+        self.layers = nn.ModuleList(_CausalBlock(dim, n_heads, dropout) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
         self.no_history = nn.Parameter(torch.zeros(dim))
         nn.init.normal_(self.positions.weight, std=0.02)
@@ -81,16 +71,36 @@ class SequenceEncoder(nn.Module):
         x = self.dropout(self.input_proj(items) + self.positions(recency))
         x = x * valid.unsqueeze(-1).to(x.dtype)
 
-        # True = may not attend. Causal, padded keys blocked; every query may always see itself, so padded
+        # True = may attend: causal, padded keys blocked; every query may always see itself, so padded
         # queries never get a fully masked row (whose softmax would be NaN and leak into later layers).
-        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
-        blocked = causal.unsqueeze(0) | ~valid.unsqueeze(1)  # (B, L, L)
-        blocked = blocked & ~torch.eye(length, dtype=torch.bool, device=x.device)
-        attn_mask = blocked.repeat_interleave(
-            self.n_heads, dim=0
-        )  # (B * H, L, L), as MultiheadAttention wants
-        for layer in self.layers:
-            x = layer(x, src_mask=attn_mask)
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        keep = (causal.unsqueeze(0) & valid.unsqueeze(1)) | torch.eye(length, dtype=torch.bool, device=x.device)
+        keep = keep.unsqueeze(1)  # (B, 1, L, L), broadcast over heads
+        for i, layer in enumerate(self.layers):
+            # only the last position is read out, so the last layer computes that query alone (L times cheaper)
+            x = layer(x, keep, last_only=i == len(self.layers) - 1)
         last = self.norm(x[:, -1])  # (B, dim)
         has_history = valid.any(dim=1, keepdim=True)
         return torch.where(has_history, last, self.no_history.to(last.dtype).expand_as(last))
+
+
+class _CausalBlock(nn.Module):
+    """Pre-norm transformer block on `scaled_dot_product_attention` (fused kernels, mask broadcast over heads)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, keep: Tensor, last_only: bool = False) -> Tensor:
+        """x (B, L, D), keep (B, 1, L, L) bool -> (B, L, D), or (B, 1, D) with `last_only`."""
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        if last_only:
+            q, keep, x = q[:, :, -1:], keep[:, :, -1:], x[:, -1:]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=self.dropout if self.training else 0.0)
+        x = x + self.drop(self.out(o.transpose(1, 2).reshape(b, -1, d)))
+        return x + self.drop(self.ffn(self.norm2(x)))
