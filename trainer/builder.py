@@ -19,6 +19,8 @@ from trainer.losses import BCELoss, BPRLoss, MultiObjective, RatingMSELoss, Samp
 from trainer.towers import Tower, TwoTower
 
 log = logging.getLogger("fusionrec.model")
+# Side arrays are read-only memory maps; the model gets private copies (np.array), because tensors sharing
+# read-only memory crash when DDP broadcasts buffers into them.
 
 
 def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> TwoTower:
@@ -49,7 +51,7 @@ def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> 
                 log.info("no %s text in the data (prepare with text.tokenizer and a template): skipped", ent)
                 continue
             out["text"] = TextEncoder(
-                t.model, np.asarray(side.array(f"{ent}_text_offsets")), np.asarray(side.array(f"{ent}_text_ids")), d,
+                t.model, np.array(side.array(f"{ent}_text_offsets")), np.array(side.array(f"{ent}_text_ids")), d,
                 pooling=t.pooling, mode=t.mode, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
                 lora_target_modules=t.lora_target_modules, gradient_checkpointing=t.gradient_checkpointing,
                 max_length=t.max_length, pad_token_id=info.get("pad_token_id"), padding_side=t.padding_side, dtype=t.dtype,
@@ -62,8 +64,8 @@ def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> 
     if "graph" in want:
         g = cfg.graph
         tu, ti = side.train_pairs
-        social = np.asarray(side.array("graph_social")) if g.social and side.has("graph_social") else None
-        kg = np.asarray(side.array("graph_kg")) if g.kg and side.has("graph_kg") else None
+        social = np.array(side.array("graph_social")) if g.social and side.has("graph_social") else None
+        kg = np.array(side.array("graph_kg")) if g.kg and side.has("graph_kg") else None
         graph = GraphEncoder(side.n_users, side.n_items, tu, ti, d, n_layers=g.layers, social=social, kg=kg)
         users["graph"], items["graph"] = graph.user_view(), graph.item_view()
         log.info("graph source: %d nodes (social edges: %s, kg edges: %s)", graph.n_nodes,
@@ -76,10 +78,10 @@ def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> 
 
 def _tabular(side: SideData, ent: str, d: int) -> TabularEncoder | None:
     f = side.fields(f"{ent}s")
-    cat = np.asarray(side.array(f"{ent}_cat")) if side.has(f"{ent}_cat") else None
-    num = np.asarray(side.array(f"{ent}_num")) if side.has(f"{ent}_num") else None
-    multi = {m["name"]: (np.asarray(side.array(f"{ent}_multi_{m['name']}_offsets")),
-                         np.asarray(side.array(f"{ent}_multi_{m['name']}_values")), m["cardinality"])
+    cat = np.array(side.array(f"{ent}_cat")) if side.has(f"{ent}_cat") else None
+    num = np.array(side.array(f"{ent}_num")) if side.has(f"{ent}_num") else None
+    multi = {m["name"]: (np.array(side.array(f"{ent}_multi_{m['name']}_offsets")),
+                         np.array(side.array(f"{ent}_multi_{m['name']}_values")), m["cardinality"])
              for m in f.get("multi_categorical", [])}
     if cat is None and num is None and not multi:
         return None

@@ -22,6 +22,8 @@ class FusionCLI(LightningCLI):
         parser.add_argument("--strategy_name", default="single",
                             help="single | ddp | deepspeed_stage_1 | deepspeed_stage_2 | deepspeed_stage_3 | deepspeed_stage_3_offload")
         parser.add_argument("--deepspeed_config", default=None, help="DeepSpeed JSON overriding configs/deepspeed/<name>.json")
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="after fit, evaluate the best checkpoint (chosen on validation) once on the test split")
 
     def instantiate_trainer(self, **kwargs):  # type: ignore[no-untyped-def]
         from trainer.strategies import build_strategy
@@ -34,6 +36,10 @@ class FusionCLI(LightningCLI):
 
     def after_fit(self) -> None:
         _report(self.trainer, "fit")
+        if self.config["fit"].get("test_after_fit"):
+            ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            _report(self.trainer, "test")
 
     def after_test(self) -> None:
         _report(self.trainer, "test")

@@ -64,9 +64,9 @@ class Scores:
 class SampledSoftmaxLoss(nn.Module):
     """Cross-entropy of the positive against in-batch positives of other users and sampled negatives.
 
-    Logits are scores / temperature. With `logq_correction`, log q is subtracted from every *negative*
-    logit (in-batch ones use `pos_logq` of their item, sampled ones `neg_logq`), which undoes the
-    popularity bias of the samplers. In-batch columns holding the row's own positive item, and sampled
+    Logits are scores / temperature. With `logq_correction`, log q is subtracted from every in-batch logit
+    (`pos_logq` of its item; the target is one of them) and from every sampled negative (`neg_logq`), so the
+    sampled softmax estimates the full softmax instead of penalising items by how often they are sampled. In-batch columns holding the row's own positive item, and sampled
     negatives equal to it (accidental hits), are masked out.
     """
 
@@ -78,7 +78,11 @@ class SampledSoftmaxLoss(nn.Module):
 
     def forward(self, s: Scores) -> Tensor:
         t = self.temperature
-        columns = [(s.pos / t).unsqueeze(1)]  # (B, 1): the target, column 0
+        pos = s.pos / t
+        if self.in_batch and s.in_batch is not None and self.logq_correction and s.pos_logq is not None:
+            # the target is one of the in-batch columns, so it gets the same correction (Yi et al., RecSys 2019)
+            pos = pos - s.pos_logq
+        columns = [pos.unsqueeze(1)]  # (B, 1): the target, column 0
         if self.in_batch and s.in_batch is not None:
             logits = s.in_batch / t
             if self.logq_correction and s.pos_logq is not None:

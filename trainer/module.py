@@ -9,6 +9,7 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -39,10 +40,12 @@ class FusionModule(pl.LightningModule):
         monitor_k: K whose NDCG is reported as `val/ndcg` for checkpoint selection and early stopping.
         predict_top_k: items per user written by `fusionrec predict`.
         eval_item_batch: items per chunk when encoding the whole catalog for evaluation.
+        cold_start_eval: rank only items without training interactions (the candidates of a cold-start split).
     """
 
     def __init__(self, model: ModelConfig | None = None, loss: LossConfig | None = None, optim: OptimConfig | None = None,
-                 metrics_k: list[int] | None = None, monitor_k: int = 10, predict_top_k: int = 10, eval_item_batch: int = 4096):
+                 metrics_k: list[int] | None = None, monitor_k: int = 10, predict_top_k: int = 10, eval_item_batch: int = 4096,
+                 cold_start_eval: bool = False):
         super().__init__()
         self.model_cfg = _as(ModelConfig, model)
         self.loss_cfg = _as(LossConfig, loss)
@@ -51,9 +54,10 @@ class FusionModule(pl.LightningModule):
         if monitor_k not in self.metrics_k:
             raise ValueError(f"monitor_k={monitor_k} must be one of metrics_k={self.metrics_k}")
         self.monitor_k, self.predict_top_k, self.eval_item_batch = monitor_k, predict_top_k, eval_item_batch
+        self.cold_start_eval = cold_start_eval
         self.save_hyperparameters({"model": asdict(self.model_cfg), "loss": asdict(self.loss_cfg), "optim": asdict(self.optim_cfg),
                                    "metrics_k": self.metrics_k, "monitor_k": monitor_k, "predict_top_k": predict_top_k,
-                                   "eval_item_batch": eval_item_batch})
+                                   "eval_item_batch": eval_item_batch, "cold_start_eval": cold_start_eval})
         self.towers = None
         self.objective = build_objective(self.loss_cfg)
         self.ranking = RankingAccumulator(self.metrics_k)
@@ -69,6 +73,11 @@ class FusionModule(pl.LightningModule):
             return
         dm = self.trainer.datamodule
         self.towers = build_two_tower(self.model_cfg, dm.side, history_len=dm.hparams.history_len)
+        # In-batch negatives are the batch's positives, drawn in proportion to training popularity: that is their
+        # q for logQ correction (the batch's own `pos_logq` is the *sampler's* probability, uniform by default).
+        pop = torch.as_tensor(np.asarray(dm.side.array("item_popularity")), dtype=torch.float64)
+        self.register_buffer("item_log_pop", torch.log(pop.clamp(min=1) / pop.sum()).float(), persistent=False)
+        self.register_buffer("item_cold", pop == 0, persistent=False)
 
     def _vectors(self, out: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None]:
         v, w = out
@@ -84,6 +93,7 @@ class FusionModule(pl.LightningModule):
         if "neg_items" in batch and batch["neg_items"].numel():
             b, n = batch["neg_items"].shape
             neg = self._vectors(t.encode_items(batch["neg_items"].reshape(-1), ctx))[0].view(b, n, -1)
+        batch = {**batch, "pos_logq": self.item_log_pop[batch["item"]]}
         total, terms = self.objective(Scores.from_vectors(user, pos, neg, batch))
         bs = batch["user"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
@@ -108,14 +118,28 @@ class FusionModule(pl.LightningModule):
         """Encode the whole catalog once per evaluation (cost grows with items, not items x users)."""
         with torch.no_grad():
             self._eval_ctx = self.towers.context()
-            self._item_table = self._vectors((self.towers.all_item_vectors(self.eval_item_batch, self._eval_ctx), None))[0]
+            self._item_table = self._all_items(self._eval_ctx)
         self.ranking.reset()
         self.rating.reset()
+
+    def _all_items(self, ctx: dict[str, Any]) -> Tensor:
+        """(n_items, D) in chunks. Items without training interactions (cold start) have no learned id or graph
+        vector: those sources are declared missing, so the fusion head uses text and attributes alone."""
+        tower = self.towers.item
+        learned = torch.tensor([n in ("id", "graph") for n in tower.names], device=self.device)
+        out = []
+        for start in range(0, self.towers.n_items, self.eval_item_batch):
+            ids = torch.arange(start, min(start + self.eval_item_batch, self.towers.n_items), device=self.device)
+            missing = self.item_cold[ids].unsqueeze(1) & learned.unsqueeze(0) if learned.any() else None
+            out.append(self._vectors(tower(ids, ctx, missing))[0])
+        return torch.cat(out)
 
     def _eval_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         ctx = {**self._eval_ctx, **batch}
         user, gates = self._vectors(self.towers.encode_users(batch["user"], ctx))
         scores = user @ self._item_table.T  # (B, n_items)
+        if self.cold_start_eval:
+            scores = scores.masked_fill(~self.item_cold, float("-inf"))
         b = scores.shape[0]
         relevant = _csr(batch["target_rows"], batch["target_cols"], b)
         seen = _csr(batch["seen_rows"], batch["seen_cols"], b)

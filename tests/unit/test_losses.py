@@ -26,10 +26,11 @@ def _scores() -> Scores:
 
 
 def test_sampled_softmax_with_logq_and_masking():
-    # row 0: target 2; in-batch item 7: 0.5 - log .25; negative 9: 0 - log .2 (item 5 masked)
-    row0 = -2 + log(exp(2) + exp(0.5) * 4 + 5)
-    # row 1: target 1; in-batch item 5: 0.3 - log .5; negatives: 2 - log .1, 0 - log .2
-    row1 = -1 + log(exp(1) + exp(0.3) * 2 + exp(2) * 10 + 5)
+    # every in-batch column is corrected, the target's too (it is one of them):
+    # row 0: target item 5: 2 - log .5; in-batch item 7: 0.5 - log .25; negative 9: 0 - log .2 (item 5 masked)
+    row0 = -(2 - log(0.5)) + log(exp(2) * 2 + exp(0.5) * 4 + 5)
+    # row 1: target item 7: 1 - log .25; in-batch item 5: 0.3 - log .5; negatives: 2 - log .1, 0 - log .2
+    row1 = -(1 - log(0.25)) + log(exp(1) * 4 + exp(0.3) * 2 + exp(2) * 10 + 5)
     got = SampledSoftmaxLoss()(_scores())
     assert got.item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
 
