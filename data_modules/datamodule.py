@@ -28,6 +28,9 @@ class FusionDataModule(pl.LightningDataModule):
         batch_size: GLOBAL training batch (summed over ranks); each rank gets batch_size / world_size rows.
         eval_batch_size: users per evaluation batch on each rank.
         history_len: L, items of the user's history in each example.
+        history_mode: which history a training example carries: `before` (items strictly earlier in time) or
+            `all` (the user's latest items except the example's own); `auto` picks `before` for time-ordered
+            splits and `all` for random ones, so training sees the same kind of history as evaluation.
         num_negatives: N sampled negatives per example (0: in-batch negatives only).
         negative_sampler: uniform | popularity (∝ count ** popularity_alpha; logQ kept for correction).
         num_workers: DataLoader workers per rank for training.
@@ -44,6 +47,7 @@ class FusionDataModule(pl.LightningDataModule):
         batch_size: int = 1024,
         eval_batch_size: int = 256,
         history_len: int = 50,
+        history_mode: Literal["auto", "before", "all"] = "auto",
         num_negatives: int = 0,
         negative_sampler: Literal["uniform", "popularity"] = "uniform",
         popularity_alpha: float = 0.75,
@@ -89,6 +93,7 @@ class FusionDataModule(pl.LightningDataModule):
         if self._train is None:
             h = self.hparams
             stream = TrainStream(self.dataset_dir, global_batch_size=h.batch_size, history_len=h.history_len,
+                                 history_mode=self.resolved_history_mode(),
                                  num_negatives=h.num_negatives, negative_sampler=h.negative_sampler,
                                  popularity_alpha=h.popularity_alpha, seed=h.seed, buffer_blocks=h.buffer_blocks,
                                  rank=self._rank(), world_size=self._world())
@@ -96,6 +101,14 @@ class FusionDataModule(pl.LightningDataModule):
         if self.trainer is not None:
             self._train.set_epoch(self.trainer.current_epoch)
         return self._train
+
+    def resolved_history_mode(self) -> str:
+        if self.hparams.history_mode != "auto":
+            return self.hparams.history_mode
+        assert self.side is not None, "call setup() first"
+        split = self.side.manifest["config"]["split"]
+        timed = split["protocol"] in ("leave_one_out", "temporal") or (split["protocol"] == "ratio" and split["order"] == "time")
+        return "before" if timed else "all"
 
     def _eval_loader(self, split: str) -> DataLoader:
         assert self.side is not None, "call setup() first"

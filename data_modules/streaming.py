@@ -51,7 +51,10 @@ class TrainStream(IterableDataset):
     Args:
         source: a prepared folder (its `train/*.parquet` shards, sorted by name) or a list of shard paths.
         global_batch_size: rows per global batch, summed over ranks; must divide by `world_size`.
-        history_len: L, how many of the user's earlier training items each row carries.
+        history_len: L, how many of the user's training items each row carries.
+        history_mode: "before" — the items strictly before this one in time (matches time-ordered splits, where
+            evaluation targets come after all history); "all" — the user's L latest training items except this
+            one (matches random splits, where a held-out item is conditioned on the whole training history).
         num_negatives: N, sampled negative items per row.
         negative_sampler: "uniform", "popularity" (∝ item_popularity ** popularity_alpha) or a sampler.
         popularity_alpha: exponent of the popularity sampler.
@@ -79,6 +82,7 @@ class TrainStream(IterableDataset):
         *,
         global_batch_size: int,
         history_len: int = 50,
+        history_mode: Literal["before", "all"] = "before",
         num_negatives: int = 0,
         negative_sampler: Literal["uniform", "popularity"] | NegativeSampler = "uniform",
         popularity_alpha: float = 0.75,
@@ -103,6 +107,7 @@ class TrainStream(IterableDataset):
             f"divisible by world_size={world_size}",
         )
         _check(history_len >= 0, "history_len", history_len, ">= 0")
+        _check(history_mode in ("before", "all"), "history_mode", history_mode, "'before' or 'all'")
         _check(num_negatives >= 0, "num_negatives", num_negatives, ">= 0")
         _check(0 <= seed < 2**32, "seed", seed, "in [0, 2**32)")
         _check(buffer_blocks > 0, "buffer_blocks", buffer_blocks, "> 0")
@@ -119,6 +124,7 @@ class TrainStream(IterableDataset):
         self.side_dir = Path(side_dir)
         self.global_batch_size, self.world_size, self.rank = global_batch_size, world_size, rank
         self.history_len, self.num_negatives, self.seed = history_len, num_negatives, seed
+        self.history_mode = history_mode
         self.buffer_blocks, self.block_rows, self.drop_last = buffer_blocks, block_rows, drop_last
 
         self._rg_offsets = [_row_group_offsets(p) for p in self.shards]  # per shard (n_row_groups + 1,)
@@ -246,7 +252,10 @@ class TrainStream(IterableDataset):
                 f"the user's sequence in {SIDE}/history_items (epoch {epoch}, global batch {k})",
                 path=self.side_dir,
             )
-        pos = seq_pos[:, None] + np.arange(-L, 0)[None, :]  # (b, L)
+        if self.history_mode == "before":
+            pos = seq_pos[:, None] + np.arange(-L, 0)[None, :]  # (b, L)
+        else:
+            pos = _latest_without(offsets[user + 1] - first, seq_pos, L)
         mask = pos >= 0
         history = np.where(mask, items[np.where(mask, first[:, None] + pos, 0)], 0).astype(np.int64)
         bitgen = np.random.PCG64(_rng_seed(self.seed, epoch, _NEGATIVES, k))
@@ -276,6 +285,19 @@ class TrainStream(IterableDataset):
         state = dict(self.__dict__)
         state["_files"], state["_side_arrays"] = {}, {}
         return state
+
+
+def _latest_without(length: np.ndarray, seq_pos: np.ndarray, L: int) -> np.ndarray:
+    """(b, L) sequence positions of each user's L latest items, skipping the row's own position; -1 = padding.
+
+    Takes the last L + 1 positions and drops the row's own one, or the oldest when the row is not among them.
+    """
+    window = length[:, None] - (L + 1) + np.arange(L + 1)[None, :]  # (b, L + 1), increasing
+    own = window == seq_pos[:, None]
+    drop = np.where(own.any(axis=1), own.argmax(axis=1), 0)  # (b,)
+    j = np.arange(L)[None, :]
+    pos = np.take_along_axis(window, j + (j >= drop[:, None]), axis=1)
+    return np.where(pos >= 0, pos, -1)
 
 
 def _check(ok: bool, name: str, value: object, expected: str) -> None:
