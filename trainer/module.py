@@ -17,6 +17,7 @@ from torch import Tensor
 
 from trainer.builder import build_objective, build_two_tower
 from trainer.config import LossConfig, ModelConfig
+from trainer.encoders.text import TextEncoder
 from trainer.losses import Scores
 from trainer.metrics import RankingAccumulator, RatingAccumulator
 from trainer.optim import OptimConfig, param_groups, warmup_cosine
@@ -73,6 +74,8 @@ class FusionModule(pl.LightningModule):
             return
         dm = self.trainer.datamodule
         self.towers = build_two_tower(self.model_cfg, dm.side, history_len=dm.hparams.history_len)
+        self._text_encoders = [m for m in self.towers.modules() if isinstance(m, TextEncoder)]
+        self._tokens_before = 0
         # In-batch negatives are the batch's positives, drawn in proportion to training popularity: that is their
         # q for logQ correction (the batch's own `pos_logq` is the *sampler's* probability, uniform by default).
         pop = torch.as_tensor(np.asarray(dm.side.array("item_popularity")), dtype=torch.float64)
@@ -85,6 +88,7 @@ class FusionModule(pl.LightningModule):
 
     # -- training ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        self._tokens_before = self._text_tokens_processed()  # tokens run in this step (a lazily built frozen cache counts once)
         t = self.towers
         ctx = t.context(batch)
         user, ugates = self._vectors(t.encode_users(batch["user"], ctx))
@@ -103,8 +107,13 @@ class FusionModule(pl.LightningModule):
             if gates is not None:
                 for i, name in enumerate(names):
                     self.log(f"gates/{tower}_{name}", gates[:, i].mean(), on_step=False, on_epoch=True, batch_size=bs)
-        self.last_text_tokens = sum(int(getattr(enc, "last_tokens", 0)) for enc in self.modules() if hasattr(enc, "last_tokens"))
+        processed = self._text_tokens_processed()
+        self.last_text_tokens, self._tokens_before = processed - self._tokens_before, processed
         return total
+
+    def _text_tokens_processed(self) -> int:
+        """Real tokens the text backbones have run on so far (0 in frozen mode after the cache is built)."""
+        return sum(enc.tokens_processed for enc in self._text_encoders)
 
     def configure_optimizers(self) -> Any:
         text_prefixes = tuple(f"{name}.encoders.text" for name in ("towers.user", "towers.item"))
@@ -115,12 +124,19 @@ class FusionModule(pl.LightningModule):
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def _start_eval(self) -> None:
-        """Encode the whole catalog once per evaluation (cost grows with items, not items x users)."""
-        with torch.no_grad():
-            self._eval_ctx = self.towers.context()
-            self._item_table = self._all_items(self._eval_ctx)
+        self._item_table = None  # encoded by the first step, see _encode_catalog
+        self._eval_ctx = {}
         self.ranking.reset()
         self.rating.reset()
+
+    def _encode_catalog(self) -> None:
+        """Encode the whole catalog once per evaluation (cost grows with items, not items x users). Done in the
+        first step, not at epoch start: steps run inside the strategy's forward, where ZeRO-3 gathers partitioned
+        weights (the graph source reads its embedding weight directly, outside any submodule's forward)."""
+        if self._item_table is None:
+            with torch.no_grad():
+                self._eval_ctx = self.towers.context()
+                self._item_table = self._all_items(self._eval_ctx)
 
     def _all_items(self, ctx: dict[str, Any]) -> Tensor:
         """(n_items, D) in chunks. Items without training interactions (cold start) have no learned id or graph
@@ -135,6 +151,7 @@ class FusionModule(pl.LightningModule):
         return torch.cat(out)
 
     def _eval_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        self._encode_catalog()
         ctx = {**self._eval_ctx, **batch}
         user, gates = self._vectors(self.towers.encode_users(batch["user"], ctx))
         scores = user @ self._item_table.T  # (B, n_items)
@@ -188,6 +205,7 @@ class FusionModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Top-K unseen items per user with scores, and the user tower's per-source weights (attribution)."""
+        self._encode_catalog()
         ctx = {**self._eval_ctx, **batch}
         user, gates = self._vectors(self.towers.encode_users(batch["user"], ctx))
         scores = user @ self._item_table.T

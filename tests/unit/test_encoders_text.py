@@ -182,3 +182,11 @@ def test_empty_text_and_truncation(llama_path):
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="pooling"):
         TextEncoder("unused", np.zeros(1), np.zeros(0), dim=4, pooling="max")  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def test_tokens_processed_counts_real_tokens_only(llama_path):
+    offsets, ids = _csr(LLAMA_SEQS)
+    enc = TextEncoder(llama_path, offsets, ids, dim=8, pooling="last", mode="full", pad_token_id=0).eval()
+    enc.encode_text(torch.arange(3))
+    assert enc.tokens_processed == sum(len(s) for s in LLAMA_SEQS)  # padding is not counted

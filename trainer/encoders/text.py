@@ -78,6 +78,7 @@ class TextEncoder(nn.Module):
         self.name, self.out_dim = name, dim
         self.pooling, self.mode, self.padding_side = pooling, mode, padding_side
         self.max_length, self.cache_batch_size = max_length, cache_batch_size
+        self.tokens_processed = 0
         self.show_progress = show_progress
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if dtype is not None:
@@ -173,6 +174,7 @@ class TextEncoder(nn.Module):
     def encode_text(self, ids: Tensor) -> Tensor:
         """Backbone + pooling for entities `ids` (B,) -> (B, H), gradients as the mode allows."""
         input_ids, mask = self.tokens(ids)
+        self.tokens_processed += int(mask.sum())  # real (non-pad) tokens through the backbone, for tokens/s
         kwargs: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": mask}
         if self.padding_side == "left":
             kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
