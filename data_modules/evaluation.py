@@ -33,7 +33,7 @@ class RankingEvalSet(Dataset):
     """Users of one evaluation split (optionally only this rank's share).
 
     Each item is one user; `collate` builds the batch:
-        user (B,) long; history (B, L) long + history_mask (B, L) bool (right-aligned, most recent last);
+        user (B,) long; padding (B,) bool (rows that only even out batch counts across ranks); history (B, L) long + history_mask (B, L) bool (right-aligned, most recent last);
         seen_rows / seen_cols (nnz,) long: (batch row, item) pairs to mask before ranking;
         target_rows / target_cols (nnz,) long and target_ratings (nnz,) float: the held-out items.
     """
@@ -60,7 +60,12 @@ class RankingEvalSet(Dataset):
         self.tgt_offsets, self.tgt_items = _csr(tu, target["item"].to_numpy().astype(np.int64), n_users)
         rating = target["rating"].to_numpy(dtype=np.float32) if "rating" in target else np.full(len(target), np.nan, np.float32)
         _, self.tgt_ratings = _csr(tu, rating, n_users)
-        self.users = np.unique(tu)[rank::world_size]
+        users = np.unique(tu)
+        # Every rank gets the same number of users (hence of batches: ZeRO-3 runs collectives in each step, so a
+        # rank with one batch fewer would hang the others). Padding rows are user -1: no targets, not counted.
+        per_rank = -(-len(users) // world_size)
+        mine = users[rank::world_size]
+        self.users = np.concatenate([mine, np.full(per_rank - len(mine), -1, dtype=mine.dtype)])
         self.history_len = history_len
 
     def __len__(self) -> int:
@@ -74,7 +79,11 @@ class RankingEvalSet(Dataset):
         hist = np.zeros((len(users), L), dtype=np.int64)
         mask = np.zeros((len(users), L), dtype=bool)
         seen_r, seen_c, tr, tc, trat = [], [], [], [], []
+        padding = [u < 0 for u in users]
+        users = [max(u, 0) for u in users]
         for row, u in enumerate(users):
+            if padding[row]:
+                continue
             seq = self.seq_items[self.seq_offsets[u]:self.seq_offsets[u + 1]]
             recent = seq[-L:]
             if len(recent):
@@ -87,6 +96,7 @@ class RankingEvalSet(Dataset):
         cat = lambda xs, dt: torch.from_numpy(np.concatenate(xs).astype(dt)) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
         return {
             "user": torch.tensor(users, dtype=torch.long),
+            "padding": torch.tensor(padding, dtype=torch.bool),
             "history": torch.from_numpy(hist),
             "history_mask": torch.from_numpy(mask),
             "seen_rows": cat(seen_r, np.int64), "seen_cols": cat(seen_c, np.int64),

@@ -3,6 +3,7 @@
     fusionrec data prepare CONFIG [--force] [--out DIR]   raw files -> prepared dataset (shards + manifest)
     fusionrec data inspect DIR [--verify]                 the manifest in human form
     fusionrec fit|validate|test|predict --config RUN.yaml  training and evaluation (LightningCLI)
+    fusionrec export CHECKPOINT --out DIR [--config RUN.yaml]  safetensors weights, user/item embeddings, id maps
 """
 
 from __future__ import annotations
@@ -52,11 +53,30 @@ def _data_main(argv: list[str]) -> int:
     return 0
 
 
+def _export_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="fusionrec export", description="Export a checkpoint for serving (trainer/export.py).")
+    p.add_argument("checkpoint", help="Lightning .ckpt file, or a DeepSpeed checkpoint folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", help="run config (default: config.yaml in the checkpoint's log folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    from trainer.export import export
+
+    try:
+        export(a.checkpoint, a.out, a.config, progress=not a.no_progress)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"fusionrec export: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
     if argv and argv[0] == "data":
         return _data_main(argv[1:])
+    if argv and argv[0] == "export":
+        return _export_main(argv[1:])
     from trainer.lightning_cli import run_lightning_cli
 
     run_lightning_cli(argv)

@@ -12,6 +12,7 @@ from pathlib import Path
 from pytorch_lightning.cli import LightningCLI
 
 from data_modules.datamodule import FusionDataModule
+from trainer.checkpointing import RestoreLoaderPosition, with_atomic_checkpoint_io
 from trainer.module import FusionModule
 
 log = logging.getLogger("fusionrec")
@@ -32,6 +33,7 @@ class FusionCLI(LightningCLI):
         strategy = build_strategy(cfg.get("strategy_name", "single"), cfg.get("deepspeed_config"))
         if strategy is not None:
             kwargs["strategy"] = strategy
+        kwargs["plugins"] = with_atomic_checkpoint_io(self._get(self.config_init, "trainer", default={}).get("plugins"))
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
@@ -72,5 +74,6 @@ def run_lightning_cli(argv: list[str]) -> None:
         seed_everything_default=2020,
         save_config_kwargs={"overwrite": True},
         # evaluation users are sharded by rank in the data module; Lightning must not add a sampler
-        trainer_defaults={"use_distributed_sampler": False},
+        # atomic checkpoint writes + weights_only loads (plugins, see instantiate_trainer) and exact mid-epoch resume
+        trainer_defaults={"use_distributed_sampler": False, "callbacks": [RestoreLoaderPosition()]},
     )

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data_modules.side import SideData
 from trainer.builder import build_objective, build_two_tower
 from trainer.config import LossConfig, ModelConfig
 from trainer.encoders.text import TextEncoder
@@ -73,12 +74,16 @@ class FusionModule(pl.LightningModule):
         if self.towers is not None:
             return
         dm = self.trainer.datamodule
-        self.towers = build_two_tower(self.model_cfg, dm.side, history_len=dm.hparams.history_len)
+        self.build_towers(dm.side, dm.hparams.history_len)
+
+    def build_towers(self, side: SideData, history_len: int) -> None:
+        """The towers and side buffers for a prepared dataset, without a trainer (used by `fusionrec export`)."""
+        self.towers = build_two_tower(self.model_cfg, side, history_len=history_len)
         self._text_encoders = [m for m in self.towers.modules() if isinstance(m, TextEncoder)]
         self._tokens_before = 0
         # In-batch negatives are the batch's positives, drawn in proportion to training popularity: that is their
         # q for logQ correction (the batch's own `pos_logq` is the *sampler's* probability, uniform by default).
-        pop = torch.as_tensor(np.asarray(dm.side.array("item_popularity")), dtype=torch.float64)
+        pop = torch.as_tensor(np.asarray(side.array("item_popularity")), dtype=torch.float64)
         self.register_buffer("item_log_pop", torch.log(pop.clamp(min=1) / pop.sum()).float(), persistent=False)
         self.register_buffer("item_cold", pop == 0, persistent=False)
 
@@ -211,9 +216,10 @@ class FusionModule(pl.LightningModule):
         scores = user @ self._item_table.T
         scores[batch["seen_rows"], batch["seen_cols"]] = float("-inf")
         top = scores.topk(min(self.predict_top_k, scores.shape[1]), dim=1)
-        out = {"user": batch["user"], "items": top.indices, "scores": top.values}
+        keep = ~batch["padding"] if "padding" in batch else torch.ones_like(batch["user"], dtype=torch.bool)
+        out = {"user": batch["user"][keep], "items": top.indices[keep], "scores": top.values[keep]}
         if gates is not None:
-            out["gates"] = gates
+            out["gates"] = gates[keep]
         return out
 
 

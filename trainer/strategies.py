@@ -6,19 +6,45 @@
     deepspeed_stage_3_offload   ZeRO-3 with optimizer states and parameters offloaded to CPU memory
 DeepSpeed settings live in `configs/deepspeed/<name>.json`. On a machine without CUDA the same names run over
 gloo (see ../shared/notes/deepspeed-on-cpu.md), so the test suite exercises the real DeepSpeed code path.
+
+ZeRO-3 and how the model is created (`configure_model`):
+  - Hugging Face backbones (the text source) are created partitioned: the strategy registers its DeepSpeed config
+    with transformers (`HfDeepSpeedConfig`), so `from_pretrained` builds the backbone under `zero.Init` and loads
+    each module's weights through `GatheredParameters`. Lightning's plain `zero.Init` around `configure_model`
+    is not enough for them: transformers does not know about it, runs its weight initialisation on the
+    already-partitioned (empty) tensors and fails (IndexError in BERT's `_init_weights`).
+  - fusionrec's own encoders are created whole on every rank and partitioned by `deepspeed.initialize`. Under
+    Lightning's `zero.Init` they would lose their initialisation: each encoder calls `nn.init.normal_` on an
+    embedding after creating it, and by then `zero.Init` has partitioned that weight, so the call changes
+    nothing and the embedding keeps PyTorch's N(0, 1) default (a different model from the one `ddp` trains).
+    Their size is the id / graph tables, small next to a text backbone.
+  - Under ZeRO-3 a weight is whole only inside the strategy's forward (a training / validation / test / predict
+    step); the module encodes the evaluation catalog in its first step for that reason. Every rank must run the
+    same number of steps (each forward gathers weights collectively): evaluation users are split by rank, so with
+    more than one rank keep the per-rank batch counts equal (they differ only when n_users / world_size straddles
+    a multiple of eval_batch_size).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Generator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from pytorch_lightning.strategies import DDPStrategy, Strategy
+from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
 
-NAMES = ("single", "ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload")
+NAMES = (
+    "single",
+    "ddp",
+    "deepspeed_stage_1",
+    "deepspeed_stage_2",
+    "deepspeed_stage_3",
+    "deepspeed_stage_3_offload",
+)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
 
 
@@ -42,29 +68,74 @@ def load_deepspeed_config(name: str, path: str | None = None) -> dict[str, Any]:
 
 
 def _deepspeed(name: str, path: str | None, cpu: bool) -> Strategy:
-    if cpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    from pytorch_lightning.strategies import DeepSpeedStrategy
-
     config = load_deepspeed_config(name, path)
     if not cpu:
-        return DeepSpeedStrategy(config=config)
+        return FusionDeepSpeedStrategy(config=config)
+    # DeepSpeed picks its accelerator once, when first asked; it must not probe for CUDA on a CPU machine
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return CPUDeepSpeedStrategy(config=config, process_group_backend="gloo")
 
-    class CPUDeepSpeedStrategy(DeepSpeedStrategy):
-        """DeepSpeed over gloo on CPU; Lightning's version refuses non-CUDA accelerators in three places."""
 
-        def setup_environment(self) -> None:
-            DDPStrategy.setup_environment(self)  # skip the CUDA-only check
+class FusionDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's DeepSpeedStrategy; under ZeRO-3 it creates Hugging Face backbones partitioned and leaves the
+    rest of the model whole until `deepspeed.initialize` partitions it (module docstring says why)."""
 
-        def setup_distributed(self) -> None:
-            from lightning_fabric.utilities.seed import reset_seed
+    _hf_config: Any = None
 
-            reset_seed()
-            self.set_world_ranks()  # no device-index validation: CPU devices have no index
+    @contextmanager
+    def model_sharded_context(self) -> Generator[None, None, None]:
+        if not self.zero_stage_3:
+            yield
+            return
+        from transformers.integrations import HfDeepSpeedConfig
+
+        self._init_config_if_needed()
+        # transformers keeps only a weak reference: the strategy owns the object for the run's lifetime
+        self._hf_config = HfDeepSpeedConfig(self.config)
+        yield
+
+
+class CPUDeepSpeedStrategy(FusionDeepSpeedStrategy):
+    """DeepSpeed over gloo on CPU; Lightning's version refuses non-CUDA accelerators in three places."""
+
+    def setup_environment(self) -> None:
+        DDPStrategy.setup_environment(self)  # skip the CUDA-only check
+
+    def setup_distributed(self) -> None:
+        from lightning_fabric.utilities.seed import reset_seed
+
+        reset_seed()
+        self.set_world_ranks()  # no device-index validation: CPU devices have no index
+        with _without_shm_comm_op():
             self._init_deepspeed_distributed()
 
-        @property
-        def root_device(self) -> torch.device:
-            return torch.device("cpu", 0)  # DeepSpeed reads root_device.index as its device rank
+    @property
+    def root_device(self) -> torch.device:
+        return torch.device("cpu", 0)  # DeepSpeed reads root_device.index as its device rank
 
-    return CPUDeepSpeedStrategy(config=config, process_group_backend="gloo")
+
+@contextmanager
+def _without_shm_comm_op() -> Generator[None, None, None]:
+    """DeepSpeed's CPU backend compiles a shared-memory all-reduce (a C++ toolchain and ~1 min on 2 cores) that
+    only `inference_all_reduce` uses; training collectives go through torch.distributed (gloo) either way."""
+    import importlib
+
+    # not `import deepspeed.comm.torch`: that name, as an attribute of deepspeed.comm, is torch itself
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
+    build = ds_torch.build_shm_op
+    ds_torch.build_shm_op = lambda: None
+    try:
+        yield
+    finally:
+        ds_torch.build_shm_op = build
+
+
+def consolidate_zero_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict of a DeepSpeed ZeRO checkpoint folder (what Lightning saves under DeepSpeed), with
+    the LightningModule's own key names (Lightning's `_forward_module.` wrapper prefix removed)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(path))
+    prefix = "_forward_module."
+    return {k.removeprefix(prefix): v for k, v in state.items()}

@@ -99,7 +99,8 @@ class GraphEncoder(nn.Module):
             for _ in range(self.n_layers):
                 e = torch.sparse.mm(adj, e)
                 acc = acc + e
-            out = acc / (self.n_layers + 1)
+            # back to the weights' dtype: under DeepSpeed bf16 the weights are bf16 and there is no autocast
+            out = (acc / (self.n_layers + 1)).to(self.embedding.weight.dtype)
         return out[: self.n_users], out[self.n_users : self.n_users + self.n_items]
 
     def user_view(self) -> GraphSide:
