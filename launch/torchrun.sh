@@ -15,8 +15,9 @@
 #   RDZV_ENDPOINT   host:port of the c10d rendezvous  [one node: torchrun --standalone picks a free port;
 #                   several nodes: required]
 #   RDZV_ID         job id shared by all nodes        [fusionrec]
-#   MAX_RESTARTS    restarts of the whole worker group after a failure [0]; add --ckpt_path last to the
-#                   arguments so a restarted group resumes instead of starting over
+#   MAX_RESTARTS    restarts of the whole worker group after a failure [0]; a restarted `fit` resumes (below)
+#   RUN_DIR         where a restarted `fit` looks for checkpoints [--trainer.default_root_dir from the arguments,
+#                   else runs/<stem of the last --config>, the configs' TensorBoardLogger folder]
 #   LOCAL_ADDR      address other nodes reach this node by [looked up from the hostname]
 #   ACCELERATOR     trainer.accelerator               [gpu with CUDA, else cpu]
 #   PYTHON          interpreter                       [the repo's .venv/bin/python, else python3]
@@ -25,6 +26,17 @@
 # (Lightning reads torchrun's env through TorchElasticEnvironment and refuses a mismatch); they come last because
 # a --config after them would override them. Relative paths are taken from the current folder, as with
 # `fusionrec` itself.
+#
+# Elastic restarts: when a worker fails, torchrun kills the others and starts the whole group again with the same
+# command, so that command must decide to resume, not this script's first run. torchrun therefore runs this very
+# script once per rank (`--no-python bash torchrun.sh --worker ...`), which execs `python -m trainer.cli`. On a
+# restart (TORCHELASTIC_RESTART_COUNT > 0) of `fit`, it appends --ckpt_path with the newest last*.ckpt under
+# RUN_DIR written since this launch (an explicit path: `--ckpt_path last` only looks in the new logger version's
+# folder); appended last, it supersedes a --ckpt_path in the arguments, which would replay the progress since.
+# Only on restarts, and only this launch's checkpoints: a fresh launch does what its arguments say (resubmission
+# resumes with launch/slurm.sbatch, or pass --ckpt_path), and a run dir reused from an older job is never resumed.
+# Needs a ModelCheckpoint with save_last (the configs have one); all ranks read the same file, as nothing writes
+# while the group is down (several nodes: RUN_DIR on a shared filesystem).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}"
@@ -32,6 +44,24 @@ PY="${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python
 if [ $# -eq 0 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
   sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
   exit 0
+fi
+
+if [ "$1" = --worker ]; then  # one rank, started (or restarted) by torchrun; see "Elastic restarts" above
+  shift; prev="" CONFIG="" ARG_ROOT=""
+  for a in "$@"; do
+    case "$prev" in --config) CONFIG="$a" ;; --trainer.default_root_dir) ARG_ROOT="$a" ;; esac
+    case "$a" in --config=*) CONFIG="${a#*=}" ;; --trainer.default_root_dir=*) ARG_ROOT="${a#*=}" ;; esac
+    prev="$a"
+  done
+  RUN_DIR="${RUN_DIR:-${ARG_ROOT:-runs/$(basename "${CONFIG%.*}")}}"
+  if [ "$1" = fit ] && [ "${TORCHELASTIC_RESTART_COUNT:-0}" -gt 0 ]; then
+    RESUME=$(find "$RUN_DIR" -type f -name 'last*.ckpt' -newermt "@${FUSIONREC_LAUNCHED:-0}" \
+             -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -n 1 | cut -d' ' -f2-) || true
+    MSG="torchrun.sh: rank ${RANK:-?}, restart $TORCHELASTIC_RESTART_COUNT:"
+    if [ -n "$RESUME" ]; then echo "$MSG resuming with --ckpt_path $RESUME" >&2; set -- "$@" --ckpt_path "$RESUME"
+    else echo "$MSG no checkpoint of this launch in $RUN_DIR; starting over" >&2; fi
+  fi
+  exec "$PY" -m trainer.cli "$@"
 fi
 
 GPUS=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
@@ -53,9 +83,13 @@ if [ -n "${LOCAL_ADDR:-}" ]; then RDZV+=(--local_addr "$LOCAL_ADDR"); fi
 # CPU ranks share the cores: one intra-op thread each instead of oversubscribing
 if [ "$ACCELERATOR" = cpu ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
 
+export FUSIONREC_LAUNCHED="$(date +%s.%N)"  # restarts resume only checkpoints newer than this
+# by default the agent's rendezvous TCPStore outlives a restart and the new workers' process group reads the dead
+# ones' keys: a restart then hangs in gloo's connect or fails (pytorch/pytorch#135712); a fresh store each round
+if [ "${MAX_RESTARTS:-0}" -gt 0 ]; then export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"; fi
 SUBCOMMAND="$1"; shift
 set -x
 exec "$PY" -m torch.distributed.run "${RDZV[@]}" --nproc_per_node "$NPROC_PER_NODE" \
   --max_restarts "${MAX_RESTARTS:-0}" \
-  -m trainer.cli "$SUBCOMMAND" "$@" \
+  --no-python "$BASH" "$ROOT/launch/torchrun.sh" --worker "$SUBCOMMAND" "$@" \
   --trainer.accelerator "$ACCELERATOR" --trainer.devices "$NPROC_PER_NODE" --trainer.num_nodes "$NNODES"

@@ -100,6 +100,11 @@ class RestoreLoaderPosition(pl.Callback):
         loop = trainer.fit_loop
         if not getattr(loop, "_combined_loader_states_to_load", None):
             return
+        if not loop.restarting:
+            # the checkpoint's epoch had finished (e.g. last.ckpt of a completed epoch): the next epoch starts at its
+            # beginning and Lightning ignores the saved position on purpose; so do we
+            loop._combined_loader_states_to_load = []
+            return
         if loop._combined_loader is None or loop._data_fetcher is None:
             raise RuntimeError("RestoreLoaderPosition: the fit loop has loader states but no loader (Lightning changed?)")
         loop._load_combined_loader_states()
