@@ -55,7 +55,7 @@ def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> 
                 pooling=t.pooling, mode=t.mode, lora_r=t.lora_r, lora_alpha=t.lora_alpha,
                 lora_target_modules=t.lora_target_modules, gradient_checkpointing=t.gradient_checkpointing,
                 max_length=t.max_length, pad_token_id=info.get("pad_token_id"), padding_side=t.padding_side, dtype=t.dtype,
-                name="text")
+                length_buckets=t.length_buckets, name=f"{ent} text")
     if "sequence" in want:
         s = cfg.sequence
         users["sequence"] = SequenceEncoder(item_ids, d, n_layers=s.layers, n_heads=s.heads, max_len=history_len,

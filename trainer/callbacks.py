@@ -1,4 +1,5 @@
-"""Observability callbacks: throughput (examples/s, text tokens/s), gradient norm, peak memory, data stall."""
+"""Observability callbacks: throughput (examples/s, text tokens/s), compute (text model FLOP/s, MFU, padding
+fraction), gradient norm, peak memory, data stall."""
 
 from __future__ import annotations
 
@@ -10,13 +11,23 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import grad_norm
 
+from trainer.flops import mfu, peak_flops
+
 
 class TrainingMonitor(pl.Callback):
     """Logs every `log_every_n_steps`: examples/s and text tokens/s (this rank x world size), time waiting for
     data (the gap between one step's end and the next step's start), total gradient 2-norm, and peak memory
-    (CUDA max allocated on GPU; max RSS of the process on CPU)."""
+    (CUDA max allocated on GPU; max RSS of the process on CPU). For text backbones: the share of token slots that
+    were padding, model TFLOP/s (trainer/flops.py; this rank's FLOPs x world size), and MFU where the device's
+    peak bf16 rate is known (a GPU in trainer.flops.PEAK_BF16, or $FUSIONREC_PEAK_TFLOPS).
 
-    def __init__(self) -> None:
+    Args:
+        peak_tflops: peak dense bf16 TFLOP/s of one device, overriding the lookup.
+    """
+
+    def __init__(self, peak_tflops: float | None = None) -> None:
+        self.peak_tflops = peak_tflops
+        self._text_last: dict[str, float] | None = None
         self._t_end: float | None = None
         self._t_start = 0.0
         self._examples = 0
@@ -37,15 +48,31 @@ class TrainingMonitor(pl.Callback):
         if (trainer.global_step % max(1, trainer.log_every_n_steps)) == 0:
             dt = max(self._t_end - self._t_window, 1e-9)
             w = trainer.world_size
-            pl_module.log_dict({
+            metrics = {
                 "perf/examples_per_s": self._examples * w / dt,
                 "perf/text_tokens_per_s": self._tokens * w / dt,
                 "perf/data_stall_fraction": self._stall / dt,
                 "perf/peak_memory_mb": _peak_memory_mb(pl_module.device),
-            }, on_step=True, on_epoch=False, rank_zero_only=True)
+            }
+            metrics.update(self._text_compute(pl_module, dt, w))
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
             self._examples = self._tokens = 0
             self._stall = 0.0
             self._t_window = self._t_end
+
+    def _text_compute(self, pl_module: pl.LightningModule, dt: float, world: int) -> dict[str, float]:
+        counters = getattr(pl_module, "text_counters", None)
+        now = counters() if callable(counters) else None
+        last, self._text_last = self._text_last, now
+        if now is None or last is None or now["slots"] <= last["slots"]:
+            return {}  # no text backbone ran in this window (e.g. frozen mode after its cache is built)
+        slots, tokens, flops = (now[k] - last[k] for k in ("slots", "tokens", "flops"))
+        out = {"perf/text_padding_fraction": 1.0 - tokens / slots, "perf/text_tflops": flops * world / dt / 1e12}
+        peak = self.peak_tflops * 1e12 if self.peak_tflops else peak_flops(pl_module.device)
+        u = mfu(flops * world, dt, world, peak)
+        if u is not None:
+            out["perf/mfu"] = u
+        return out
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         if (trainer.global_step % max(1, trainer.log_every_n_steps)) == 0:

@@ -32,6 +32,20 @@ class TextSourceConfig:
     """(bool) also encode the users' text (profile / reviews) when the dataset has it."""
     dtype: str | None = None
     """(str) backbone weight dtype, e.g. bfloat16; null = as saved."""
+    length_buckets: int = 1
+    """(int) run each text batch as this many length-sorted chunks, each padded to its own longest text (less padding)."""
+    cache_refresh_every: int = 0
+    """(int) lora / full: rebuild the text cache every N optimizer steps (it serves sampled negatives); 0 = only at evaluation."""
+    cache_negatives: bool = True
+    """(bool) lora / full: encode sampled negatives from the cache once one exists (positives always run live)."""
+    cache_dir: str | None = None
+    """(str) frozen mode: where pooled text vectors are stored and reloaded after a restart; null = <dataset_dir>/text_cache."""
+
+    def __post_init__(self) -> None:
+        if self.length_buckets < 1:
+            raise ValueError(f"model.text.length_buckets={self.length_buckets}: expected >= 1")
+        if self.cache_refresh_every < 0:
+            raise ValueError(f"model.text.cache_refresh_every={self.cache_refresh_every}: expected >= 0")
 
 
 @dataclass

@@ -18,10 +18,11 @@ from torch import Tensor
 from data_modules.side import SideData
 from trainer.builder import build_objective, build_two_tower
 from trainer.config import LossConfig, ModelConfig
-from trainer.encoders.text import TextEncoder
+from trainer.encoders.text import USE_TEXT_CACHE, TextEncoder
 from trainer.losses import Scores
 from trainer.metrics import RankingAccumulator, RatingAccumulator
 from trainer.optim import OptimConfig, param_groups, warmup_cosine
+from trainer.text_cache import build_sharded, load_or_build
 
 log = logging.getLogger("fusionrec.module")
 
@@ -81,6 +82,7 @@ class FusionModule(pl.LightningModule):
         self.towers = build_two_tower(self.model_cfg, side, history_len=history_len)
         self._text_encoders = [m for m in self.towers.modules() if isinstance(m, TextEncoder)]
         self._tokens_before = 0
+        self._cache_step = -1  # global step at which the fine-tuning caches were last rebuilt
         # In-batch negatives are the batch's positives, drawn in proportion to training popularity: that is their
         # q for logQ correction (the batch's own `pos_logq` is the *sampler's* probability, uniform by default).
         pop = torch.as_tensor(np.asarray(side.array("item_popularity")), dtype=torch.float64)
@@ -93,7 +95,8 @@ class FusionModule(pl.LightningModule):
 
     # -- training ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        self._tokens_before = self._text_tokens_processed()  # tokens run in this step (a lazily built frozen cache counts once)
+        self._tokens_before = self._text_tokens_processed()  # tokens run in this step (a cache built now counts once)
+        self._text_caches(training=True)
         t = self.towers
         ctx = t.context(batch)
         user, ugates = self._vectors(t.encode_users(batch["user"], ctx))
@@ -101,7 +104,8 @@ class FusionModule(pl.LightningModule):
         neg = None
         if "neg_items" in batch and batch["neg_items"].numel():
             b, n = batch["neg_items"].shape
-            neg = self._vectors(t.encode_items(batch["neg_items"].reshape(-1), ctx))[0].view(b, n, -1)
+            neg_ctx = {**ctx, USE_TEXT_CACHE: self.model_cfg.text.cache_negatives}
+            neg = self._vectors(t.encode_items(batch["neg_items"].reshape(-1), neg_ctx))[0].view(b, n, -1)
         batch = {**batch, "pos_logq": self.item_log_pop[batch["item"]]}
         total, terms = self.objective(Scores.from_vectors(user, pos, neg, batch))
         bs = batch["user"].shape[0]
@@ -119,6 +123,37 @@ class FusionModule(pl.LightningModule):
     def _text_tokens_processed(self) -> int:
         """Real tokens the text backbones have run on so far (0 in frozen mode after the cache is built)."""
         return sum(enc.tokens_processed for enc in self._text_encoders)
+
+    def text_counters(self) -> dict[str, float]:
+        """Running totals of the text backbones: real tokens, token slots (pads included), model FLOPs."""
+        encs = self._text_encoders if self.towers is not None else []
+        return {"tokens": float(sum(e.tokens_processed for e in encs)), "slots": float(sum(e.tokens_padded for e in encs)),
+                "flops": float(sum(e.flops_processed for e in encs))}
+
+    def _text_caches(self, training: bool) -> None:
+        """Build the text caches that are due, sharded across ranks (trainer/text_cache.py). Frozen: once, loaded
+        from `text.cache_dir` when stored there. lora / full: at each evaluation's first step, and every
+        `cache_refresh_every` steps in training. Called inside steps (the strategy's forward: under ZeRO-3 that is
+        where the backbone's weights can be gathered); every rank calls it at the same steps."""
+        if not self._text_encoders:
+            return
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self._trainer is not None else (0, 1)
+        gather = self.all_gather
+        every = self.model_cfg.text.cache_refresh_every
+        for enc in self._text_encoders:
+            if enc.mode == "frozen":
+                if enc.cache is None:
+                    load_or_build(enc, self._text_cache_dir(), rank, world, gather)
+            elif not training or (every and self.global_step % every == 0 and self._cache_step != self.global_step):
+                build_sharded(enc, rank, world, gather)
+        if training and every:
+            self._cache_step = self.global_step
+
+    def _text_cache_dir(self) -> str | None:
+        if self.model_cfg.text.cache_dir:
+            return self.model_cfg.text.cache_dir
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return str(dm.dataset_dir / "text_cache") if dm is not None and hasattr(dm, "dataset_dir") else None
 
     def configure_optimizers(self) -> Any:
         text_prefixes = tuple(f"{name}.encoders.text" for name in ("towers.user", "towers.item"))
@@ -139,6 +174,7 @@ class FusionModule(pl.LightningModule):
         first step, not at epoch start: steps run inside the strategy's forward, where ZeRO-3 gathers partitioned
         weights (the graph source reads its embedding weight directly, outside any submodule's forward)."""
         if self._item_table is None:
+            self._text_caches(training=False)
             with torch.no_grad():
                 self._eval_ctx = self.towers.context()
                 self._item_table = self._all_items(self._eval_ctx)

@@ -11,16 +11,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from data_modules.pretrained import resolve_pretrained
+from trainer.flops import backward_multiplier, hf_shape
 
 Pooling = Literal["mean", "cls", "last"]
+USE_TEXT_CACHE = "use_text_cache"  # ctx key: encode these ids from the cache, not live (negatives)
 Mode = Literal["frozen", "lora", "full"]
 
 
 class TextEncoder(nn.Module):
     """Encode each entity's pre-tokenized text: `forward(ids (B,), ctx) -> (B, dim)`.
 
-    Token ids come from the prepared dataset as a CSR (`token_offsets` (n + 1,), `token_ids` (nnz,)), held as
-    buffers; a batch of entities is padded on `padding_side` up to its longest text (at most `max_length`).
+    Token ids come from the prepared dataset as a CSR (`token_offsets` (n + 1,), `token_ids` (nnz,)), held in
+    host memory; a batch of entities is padded on `padding_side` up to its longest text (at most `max_length`).
     Pooling reads the attention mask, so it is right for left and right padding alike: "mean" over real
     tokens, "cls" = first real token, "last" = last real token (decoder LLMs). With left padding,
     position ids are computed from the mask so every real token keeps the position it has unpadded.
@@ -36,11 +38,12 @@ class TextEncoder(nn.Module):
         trust_remote_code: never on by default; only for model code you have read.
         cache_batch_size: entities per backbone call when building the frozen cache.
         dtype: backbone weights dtype passed to from_pretrained (e.g. "bfloat16"), None = as saved.
+        length_buckets: run each text batch as this many length-sorted chunks (less padding; see encode_text).
     """
 
     token_offsets: Tensor
     token_ids: Tensor
-    cache: Tensor | None
+    cache: Tensor | None  # (n, H) float32 on the host once built
 
     def __init__(
         self,
@@ -63,6 +66,7 @@ class TextEncoder(nn.Module):
         dtype: str | None = None,
         name: str = "text",
         show_progress: bool = True,
+        length_buckets: int = 1,
     ):
         super().__init__()
         if pooling not in ("mean", "cls", "last"):
@@ -78,7 +82,10 @@ class TextEncoder(nn.Module):
         self.name, self.out_dim = name, dim
         self.pooling, self.mode, self.padding_side = pooling, mode, padding_side
         self.max_length, self.cache_batch_size = max_length, cache_batch_size
-        self.tokens_processed = 0
+        self.length_buckets = int(length_buckets)
+        self.tokens_processed = 0  # real tokens through the backbone
+        self.tokens_padded = 0  # token slots through the backbone, pads included
+        self.flops_processed = 0.0  # model FLOPs (trainer/flops.py)
         self.show_progress = show_progress
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if dtype is not None:
@@ -117,14 +124,15 @@ class TextEncoder(nn.Module):
             )
             backbone = get_peft_model(backbone, lora)
         self.backbone = backbone
+        self._shape = hf_shape(backbone)
+        self._backward_multiplier = backward_multiplier(mode)
         self.proj = nn.Linear(self.hidden_size, dim)
-        self.register_buffer(
-            "token_offsets", torch.as_tensor(np.asarray(token_offsets), dtype=torch.long), persistent=False
-        )
-        self.register_buffer(
-            "token_ids", torch.as_tensor(np.asarray(token_ids), dtype=torch.long), persistent=False
-        )
-        self.register_buffer("cache", None, persistent=False)
+        # Side data, not model state: plain CPU tensors (no buffers), so they never travel to the accelerator
+        # whole, DDP never broadcasts them, and a large catalog's text stays in host memory; only a batch's
+        # tokens are moved to the backbone's device. The cache of pooled vectors lives in host memory too.
+        self.token_offsets = torch.as_tensor(np.asarray(token_offsets), dtype=torch.long)
+        self.token_ids = torch.as_tensor(np.asarray(token_ids), dtype=torch.long)
+        self.cache = None
 
     @property
     def num_entities(self) -> int:
@@ -142,11 +150,12 @@ class TextEncoder(nn.Module):
         Texts are cut to `max_length` (first tokens kept); an empty text becomes one attended pad token, so
         pooling never divides by zero.
         """
+        device, ids = ids.device, ids.detach().cpu()
         start = self.token_offsets[ids]
         length = (self.token_offsets[ids + 1] - start).clamp(max=self.max_length)
         real = length.clamp(min=1)
         t = int(real.max()) if len(ids) else 1
-        pos = torch.arange(t, device=ids.device).unsqueeze(0)  # (1, T)
+        pos = torch.arange(t).unsqueeze(0)  # (1, T)
         shift = (
             (t - real).unsqueeze(1) if self.padding_side == "left" else torch.zeros_like(real).unsqueeze(1)
         )
@@ -156,7 +165,7 @@ class TextEncoder(nn.Module):
         flat = (start.unsqueeze(1) + rel).clamp(0, max(len(self.token_ids) - 1, 0))
         src = self.token_ids[flat] if len(self.token_ids) else torch.zeros_like(flat)
         input_ids = torch.where(has_token, src, torch.full_like(src, self.pad_token_id))
-        return input_ids, attended.long()
+        return input_ids.to(device), attended.long().to(device)
 
     def pool(self, hidden: Tensor, mask: Tensor) -> Tensor:
         """Pool hidden states (B, T, H) over the attention mask (B, T) -> (B, H)."""
@@ -172,9 +181,32 @@ class TextEncoder(nn.Module):
         return hidden[torch.arange(len(idx), device=idx.device), idx]
 
     def encode_text(self, ids: Tensor) -> Tensor:
-        """Backbone + pooling for entities `ids` (B,) -> (B, H), gradients as the mode allows."""
+        """Backbone + pooling for entities `ids` (B,) -> (B, H), gradients as the mode allows.
+
+        With `length_buckets` k > 1 the entities are sorted by text length and run in k chunks of equal count,
+        each padded only to its own longest text (padding waste falls; outputs are returned in `ids` order). The
+        chunk count depends on B alone, never on the lengths, so under ZeRO-3 — where every backbone forward
+        gathers weights collectively — ranks with equal batches run equally many forwards.
+        """
+        if self.length_buckets <= 1 or len(ids) <= 1:
+            return self._encode_chunk(ids)
+        lengths = self.lengths(ids)
+        order = torch.argsort(lengths, stable=True).to(ids.device)
+        chunks = [c for c in torch.tensor_split(order, min(self.length_buckets, len(ids))) if len(c)]
+        pooled = torch.cat([self._encode_chunk(ids[c]) for c in chunks])
+        return pooled[torch.argsort(torch.cat(chunks))]
+
+    def _encode_chunk(self, ids: Tensor) -> Tensor:
         input_ids, mask = self.tokens(ids)
-        self.tokens_processed += int(mask.sum())  # real (non-pad) tokens through the backbone, for tokens/s
+        real = mask.sum(1)
+        self.tokens_processed += int(real.sum())  # real (non-pad) tokens through the backbone, for tokens/s
+        self.tokens_padded += int(mask.numel())  # token slots computed, pads included: padding fraction
+        # model FLOPs of this forward (+ its backward when gradients will flow): 2N per token + attention
+        fwd = real.sum().item() * 2.0 * self._shape.params + 4.0 * self._shape.layers * self._shape.width * float(
+            (real.double() ** 2).sum()
+        )
+        backward = self._backward_multiplier if torch.is_grad_enabled() and self.backbone.training else 0.0
+        self.flops_processed += fwd * (1.0 + backward)
         kwargs: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": mask}
         if self.padding_side == "left":
             kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
@@ -182,28 +214,57 @@ class TextEncoder(nn.Module):
         return self.pool(hidden, mask)
 
     @torch.no_grad()
-    def refresh_cache(self) -> Tensor:
-        """Recompute the pooled vectors of all entities (n, H) float32, batched, without gradients."""
+    def encode_range(self, start: int, stop: int) -> Tensor:
+        """Pooled vectors (stop - start, H) float32 of entities [start, stop), in `cache_batch_size` batches of
+        length-sorted entities (little padding); the backbone in eval mode. Building block of (sharded) caches:
+        `ceil((stop - start) / cache_batch_size)` backbone forwards, whatever the texts."""
+        return self.encode_ids(torch.arange(start, stop))
+
+    @torch.no_grad()
+    def encode_ids(self, ids: Tensor, desc: str | None = None) -> Tensor:
+        """Pooled vectors (len(ids), H) float32 on the host, in `ceil(len(ids) / cache_batch_size)` backbone
+        forwards of length-sorted entities (little padding), the backbone in eval mode."""
         was_training = self.backbone.training
         self.backbone.eval()
-        device = self.token_offsets.device
-        chunks = []
-        steps = range(0, self.num_entities, self.cache_batch_size)
-        for s in tqdm(
-            steps, desc=f"{self.name} cache", unit="batch", disable=not self.show_progress, leave=False
-        ):
-            ids = torch.arange(s, min(s + self.cache_batch_size, self.num_entities), device=device)
-            chunks.append(self.encode_text(ids).float())
+        device = self.proj.weight.device
+        ids = ids.cpu()
+        order = torch.argsort(self.lengths(ids), stable=True)
+        out = torch.empty(len(ids), self.hidden_size)
+        steps = range(0, len(ids), self.cache_batch_size)
+        for s in tqdm(steps, desc=desc or f"{self.name} cache", unit="batch", disable=not self.show_progress, leave=False):
+            sel = order[s : s + self.cache_batch_size]
+            out[sel] = self._encode_chunk(ids[sel].to(device)).float().cpu()
         self.backbone.train(was_training and self.mode != "frozen")
-        self.cache = torch.cat(chunks) if chunks else torch.zeros(0, self.hidden_size, device=device)
+        return out
+
+    def lengths(self, ids: Tensor) -> Tensor:
+        """Tokens fed to the backbone per entity (B,) on the host: text length cut to max_length, at least 1."""
+        ids = ids.detach().cpu()
+        return (self.token_offsets[ids + 1] - self.token_offsets[ids]).clamp(1, self.max_length)
+
+    def set_cache(self, cache: Tensor) -> None:
+        """Install precomputed pooled vectors (n, H) of every entity (e.g. gathered from all ranks' shards)."""
+        if cache.shape != (self.num_entities, self.hidden_size):
+            raise ValueError(f"{self.name} cache shape {tuple(cache.shape)} != ({self.num_entities}, {self.hidden_size})")
+        self.cache = cache.detach().float().cpu()
+
+    @torch.no_grad()
+    def refresh_cache(self) -> Tensor:
+        """Recompute the pooled vectors of all entities (n, H) float32 in this process (no sharding)."""
+        self.set_cache(self.encode_range(0, self.num_entities))
+        assert self.cache is not None
         return self.cache
 
     def forward(self, ids: Tensor, ctx: Mapping[str, Any] | None = None) -> Tensor:
-        if self.mode == "frozen":
-            cache = self.cache
-            if cache is None or cache.device != ids.device:
-                cache = self.refresh_cache()
-            pooled = cache[ids]
+        """(B,) -> (B, dim). Frozen mode reads the cache (built on first use). In lora / full mode the backbone
+        runs live, except where the cache may serve: without gradients (evaluation) or when the caller marks
+        the ids as negatives (`ctx[USE_TEXT_CACHE]`), provided a cache has been built (see trainer/text_cache.py)."""
+        cached = self.mode == "frozen" or (
+            self.cache is not None and (not torch.is_grad_enabled() or bool((ctx or {}).get(USE_TEXT_CACHE)))
+        )
+        if cached:
+            cache = self.cache if self.cache is not None else self.refresh_cache()
+            pooled = cache[ids.detach().cpu()].to(ids.device)
         else:
             pooled = self.encode_text(ids)
         return self.proj(pooled.to(self.proj.weight.dtype))

@@ -1,0 +1,101 @@
+"""A decoder LLM as the text encoder on 2 gloo CPU ranks: ZeRO-3 full fine-tuning and LoRA under ZeRO-2.
+
+The model is a tiny randomly initialised Llama (2 layers, hidden 64) saved with save_pretrained, so the real
+`from_pretrained` path runs — under ZeRO-3 with transformers' DeepSpeed integration, as trainer/strategies.py sets
+it up, so the weights are created partitioned and no rank ever holds the whole model (tests/distributed/llm_probe.py
+records what each rank holds). Tolerances: pooled outputs 1e-5 absolute (float32; the sharded model gathers the
+same weights, only kernels' summation order may differ).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.launch_support.local_slurm import free_port
+
+pytestmark = pytest.mark.distributed
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("deepspeed")
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE = REPO / "tests" / "distributed" / "llm_probe.py"
+ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+       "TRANSFORMERS_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}  # fmt: skip
+for _k in [k for k in ENV if k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "TORCHELASTIC_"))]:
+    del ENV[_k]
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory) -> str:
+    import torch
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=512, pad_token_id=0)  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny_llama")
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return str(path)
+
+
+def probe(model: str, out: Path, what: str) -> list[dict]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--max_restarts", "0",
+           str(PROBE), model, str(out), what]  # fmt: skip
+    p = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-6000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def zero3(llama, tmp_path_factory) -> tuple[list[dict], Path]:
+    out = tmp_path_factory.mktemp("zero3")
+    return probe(llama, out, "zero3"), out
+
+
+def test_zero3_creates_the_decoder_partitioned(zero3):
+    records, _ = zero3
+    for r in records:
+        assert r["backbone_partitioned"] == r["backbone_tensors"] > 0, r
+        assert r["backbone_local_numel_now"] == 0, r  # outside a forward only empty placeholders remain
+        # each rank holds its half of every tensor, padded up to a multiple of the world size
+        assert 0.5 <= r["backbone_local"] / r["backbone_full"] <= 0.5 + r["backbone_tensors"] / r["backbone_full"], r
+    assert records[0]["backbone_full"] == records[1]["backbone_full"]
+
+
+def test_zero3_pooled_outputs_equal_the_unsharded_model_left_and_right_padded(zero3):
+    for r in zero3[0]:
+        assert r["pooled_max_abs_diff_right"] < 1e-5, r
+        assert r["pooled_max_abs_diff_left"] < 1e-5, r
+
+
+def test_zero3_full_fine_tuning_trains_the_same_on_both_ranks(zero3):
+    a, b = (r["losses"] for r in zero3[0])
+    assert a == pytest.approx(b, rel=1e-6)  # same data on both ranks: same loss after every step
+    assert a[-1] < a[0]
+
+
+def test_zero3_text_cache_is_built_sharded_across_ranks(zero3):
+    records, out = zero3
+    for r in records:
+        assert r["cache_shape"] == [11, 64] and r["cache_max_abs_diff"] < 1e-5, r
+    # ceil(11 / 2) = 6 rows each (rank 1 encodes its 5 rows + 1 repeat, dropped), and nobody encodes all 11
+    total = records[0]["cache_tokens_this_rank"] + records[1]["cache_tokens_this_rank"]
+    assert 0 < records[0]["cache_tokens_this_rank"] < total and 0 < records[1]["cache_tokens_this_rank"] < total
+    files = sorted(p.name for p in (out / "cache").rglob("rows-*.safetensors"))
+    assert files == ["rows-0-6.safetensors", "rows-6-11.safetensors"], files
+
+
+def test_lora_under_zero2_trains_only_the_adapters(llama, tmp_path):
+    records = probe(llama, tmp_path, "lora_zero2")
+    for r in records:
+        assert r["lora_tensors"] > 0 and r["trainable_non_lora"] == [], r
+        assert r["base_after"] == r["base_before"], r  # frozen base weights untouched
+        assert r["lora_after"] != r["lora_before"], r
+        assert r["losses"][-1] < r["losses"][0], r
+    assert records[0]["lora_after"] == pytest.approx(records[1]["lora_after"], rel=1e-6)  # replicas agree
