@@ -1,12 +1,13 @@
 """One rank of tests/distributed/test_llm_text_encoder.py (started by torchrun, 2 gloo CPU ranks).
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/distributed/llm_probe.py MODEL_DIR OUT zero3|lora_zero2
+    python -m torch.distributed.run --nproc_per_node 2 tests/distributed/llm_probe.py MODEL_DIR OUT zero3|lora_zero2|catalog
 
 zero3: a decoder LLM (tiny random Llama) as fusionrec's TextEncoder, created under ZeRO-3 the way
 trainer/strategies.py does it (HfDeepSpeedConfig, so from_pretrained partitions while loading): records the
 parameter elements this rank holds, the pooled last-token outputs for left- and right-padded batches next to an
 unsharded copy's, a few training steps through the DeepSpeed engine, and the text cache built sharded across ranks.
 lora_zero2: LoRA adapters (peft) under ZeRO-2: a few steps; records losses and checksums of adapter and base weights.
+catalog: a generated 1M-item catalog's text cache, built sharded, then full ranking over it.
 Writes OUT/rank<r>.json.
 """
 
@@ -135,6 +136,33 @@ def lora_zero2(path: str, rank: int) -> dict:
     return rec
 
 
+def catalog(path: str, out: Path, rank: int, n: int = 1_000_000) -> dict:
+    """A generated 1M-item catalog (2-5 tokens per item): its text cache built sharded, then full ranking of a few
+    users over all items from the gathered vectors."""
+    import time
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 6, size=n)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tokens = rng.integers(1, 500, size=int(offsets[-1]))
+    torch.manual_seed(0)
+    enc = TextEncoder(path, offsets, tokens, dim=8, pooling="last", mode="frozen", pad_token_id=0,
+                      show_progress=False, cache_batch_size=32768)  # fmt: skip
+    t0 = time.perf_counter()
+    cache = build_sharded(enc, rank, dist.get_world_size(), gather, TextCacheStore(out / "cache", cache_key(enc)))
+    seconds, encoded = time.perf_counter() - t0, enc.tokens_processed
+    probe_ids = torch.tensor([0, 1, 499_999, 500_000, 777_777, n - 1])
+    with torch.no_grad():
+        direct = torch.cat([enc.encode_ids(probe_ids[i : i + 1]) for i in range(len(probe_ids))])
+        items = enc.proj(cache)  # (n, 8): every item scored at once
+        users = torch.randn(4, 8, generator=torch.Generator().manual_seed(2))
+        top = (users @ items.T).topk(10, dim=1).indices
+    return {"n": n, "cache_shape": list(cache.shape), "tokens_this_rank": encoded,
+            "tokens_total": int(np.minimum(lengths, enc.max_length).sum()), "seconds": seconds,
+            "probe_max_abs_diff": float((cache[probe_ids] - direct).abs().max()), "top10": top.tolist()}
+
+
 def main() -> None:
     path, out, what = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     import deepspeed
@@ -142,7 +170,8 @@ def main() -> None:
     with _without_shm_comm_op():
         deepspeed.init_distributed(dist_backend="gloo")
     rank = dist.get_rank()
-    rec = zero3(path, out, rank) if what == "zero3" else lora_zero2(path, rank)
+    rec = {"zero3": lambda: zero3(path, out, rank), "lora_zero2": lambda: lora_zero2(path, rank),
+           "catalog": lambda: catalog(path, out, rank)}[what]()
     rec["rank"], rec["world_size"] = rank, dist.get_world_size()
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(rec, indent=1))
