@@ -86,7 +86,7 @@ def test_yaml_opens_with_the_command_that_runs_it(path):
     command = (
         rf"fusionrec data prepare {rel}\b"
         if "data" in path.relative_to(CONFIGS).parts
-        else rf"fusionrec (fit|validate|test|predict) --config {rel}\b"
+        else rf"(fusionrec|launch/torchrun\.sh|launch/slurm\.sbatch) (fit|validate|test|predict) --config {rel}\b"
     )
     assert header and re.search(command, "\n".join(header[:3])), f"{path.name} must open with `# {command}`"
     yaml.safe_load("\n".join(lines))  # and the rest is plain YAML
