@@ -56,7 +56,7 @@ def peak_flops(device: torch.device | None = None) -> float | None:
 
 def layer_params(module: nn.Module) -> int:
     """Parameters outside embedding tables (what multiplies activations)."""
-    emb = sum(p.numel() for m in module.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False))
+    emb = sum(_numel(p) for m in module.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False))
     return sum(_numel(p) for p in module.parameters()) - emb
 
 

@@ -75,6 +75,7 @@ def zero3(path: str, out: Path, rank: int) -> dict:
     ids = torch.arange(len(SEQS))
     with torch.no_grad():
         ref = {side: encoder(path, "full", side).eval().encode_text(ids) for side in ("right", "left")}
+    ref_flops_params = encoder(path, "full")._shape.params
     cfg = ds_config(3)
     hf = HfDeepSpeedConfig(cfg)  # noqa: F841  (transformers keeps a weak reference: keep it alive)
     enc = encoder(path, "full", "right", length_buckets=3)
@@ -85,6 +86,8 @@ def zero3(path: str, out: Path, rank: int) -> dict:
         "backbone_partitioned": sum(1 for p in backbone if hasattr(p, "ds_tensor")),
         "backbone_tensors": len(backbone),
         "backbone_local_numel_now": sum(p.numel() for p in backbone),  # 0-size placeholders outside forward
+        # FLOPs accounting reads the full sizes (ds_numel), not the empty local placeholders
+        "flops_params": enc._shape.params, "flops_params_unsharded": ref_flops_params,
     }
     engine, *_ = deepspeed.initialize(model=enc, config=cfg, model_parameters=[p for p in enc.parameters() if p.requires_grad])
     with torch.no_grad():

@@ -63,6 +63,7 @@ def test_zero3_creates_the_decoder_partitioned(zero3):
     for r in records:
         assert r["backbone_partitioned"] == r["backbone_tensors"] > 0, r
         assert r["backbone_local_numel_now"] == 0, r  # outside a forward only empty placeholders remain
+        assert r["flops_params"] == r["flops_params_unsharded"] > 0, r
         # each rank holds its half of every tensor, padded up to a multiple of the world size
         assert 0.5 <= r["backbone_local"] / r["backbone_full"] <= 0.5 + r["backbone_tensors"] / r["backbone_full"], r
     assert records[0]["backbone_full"] == records[1]["backbone_full"]
