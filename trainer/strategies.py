@@ -78,9 +78,14 @@ def _deepspeed(name: str, path: str | None, cpu: bool) -> Strategy:
 
 class FusionDeepSpeedStrategy(DeepSpeedStrategy):
     """Lightning's DeepSpeedStrategy; under ZeRO-3 it creates Hugging Face backbones partitioned and leaves the
-    rest of the model whole until `deepspeed.initialize` partitions it (module docstring says why)."""
+    rest of the model whole until `deepspeed.initialize` partitions it (module docstring says why). Checkpoint
+    shards load with `weights_only=True` (DeepSpeed's own loader unpickles arbitrary objects)."""
 
     _hf_config: Any = None
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        with _weights_only_deepspeed_loads():
+            return super().load_checkpoint(checkpoint_path, weights_only=True)
 
     @contextmanager
     def model_sharded_context(self) -> Generator[None, None, None]:
@@ -112,6 +117,33 @@ class CPUDeepSpeedStrategy(FusionDeepSpeedStrategy):
     @property
     def root_device(self) -> torch.device:
         return torch.device("cpu", 0)  # DeepSpeed reads root_device.index as its device rank
+
+
+@contextmanager
+def _weights_only_deepspeed_loads() -> Generator[None, None, None]:
+    """DeepSpeed's TorchCheckpointEngine.load calls `torch.load(weights_only=False)`: a checkpoint from an untrusted
+    path could run code. Our shards hold tensors, containers, primitives and a few DeepSpeed enums / torch types,
+    which are allowed explicitly; anything else is refused with pickle's error naming the type."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    def load(self: Any, path: str, map_location: Any = None) -> Any:
+        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+    original = TorchCheckpointEngine.load
+    TorchCheckpointEngine.load = load  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TorchCheckpointEngine.load = original  # type: ignore[method-assign]
+
+
+def _deepspeed_safe_globals() -> list[Any]:
+    import deepspeed.runtime.fp16.loss_scaler as loss_scaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, loss_scaler.LossScaler, loss_scaler.DynamicLossScaler, fragment_address, torch.Size]
 
 
 @contextmanager

@@ -48,7 +48,7 @@ trainer:
 """
 
 
-def fit(out: Path, *extra: str, ranks: int = 1) -> Path:
+def fit(out: Path, *extra: str, ranks: int = 1, strategy: str = "ddp") -> Path:
     """`fusionrec fit` (or launch/torchrun.sh fit on `ranks` CPU ranks) on tiny; returns the TensorBoard log dir."""
     (out.parent / "checkpoints.yaml").write_text(CHECKPOINTS)
     args = [
@@ -61,7 +61,7 @@ def fit(out: Path, *extra: str, ranks: int = 1) -> Path:
     if ranks == 1:
         cmd, env = [sys.executable, "-m", "trainer.cli", *args], ENV
     else:
-        cmd = ["bash", str(REPO / "launch" / "torchrun.sh"), *args, "--strategy_name", "ddp"]
+        cmd = ["bash", str(REPO / "launch" / "torchrun.sh"), *args, "--strategy_name", strategy]
         env = {**ENV, "NPROC_PER_NODE": str(ranks), "ACCELERATOR": "cpu"}
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
     log = p.stdout + p.stderr
@@ -79,7 +79,9 @@ def losses(log_dir: Path) -> dict[int, float]:
 
 def last_checkpoint(log_dir: Path) -> Path:
     ckpt = log_dir / "checkpoints" / "last.ckpt"
-    state = torch.load(ckpt, weights_only=True, map_location="cpu")
+    # DeepSpeed writes a folder: the Lightning state (loops, loader position) sits in rank 0's model-states file
+    states = ckpt / "checkpoint" / "mp_rank_00_model_states.pt" if ckpt.is_dir() else ckpt
+    state = torch.load(states, weights_only=True, map_location="cpu")
     # the stop really is mid-epoch, and the loader position agrees with the step
     assert state["global_step"] == STOP // EVERY * EVERY, state["global_step"]
     (loader,) = state["loops"]["fit_loop"]["state_dict"]["combined_loader"]
@@ -128,3 +130,16 @@ def test_ddp_checkpoint_resumes_in_one_process_with_the_same_global_batch(single
     got, want = np.array([resumed[s] for s in range(6, 10)]), np.array([full[s] for s in range(6, 10)])
     print("ws1 from ddp:", got, "single:", want, "max rel diff:", np.max(np.abs(got / want - 1)))
     np.testing.assert_allclose(got, want, rtol=1e-2)
+
+
+def test_zero2_resume_is_exact(single):
+    """DeepSpeed ZeRO-2 on 2 ranks: the sharded checkpoint (optimizer partitions, loops, loader position) resumes
+    mid-epoch with the same losses as the uninterrupted ZeRO-2 run — loaded with weights_only (no pickled code)."""
+    root = single["root"]
+    full = losses(fit(root / "z2_full", ranks=2, strategy="deepspeed_stage_2"))
+    stopped = fit(root / "z2_stopped", "--trainer.max_steps", str(STOP), ranks=2, strategy="deepspeed_stage_2")
+    ckpt = last_checkpoint(stopped)
+    assert ckpt.is_dir() and (ckpt / "checkpoint").is_dir(), ckpt  # DeepSpeed's sharded layout
+    resumed = losses(fit(root / "z2_resumed", "--ckpt_path", str(ckpt), ranks=2, strategy="deepspeed_stage_2"))
+    assert sorted(resumed) == list(range(6, 10)), resumed
+    assert resumed == {s: full[s] for s in resumed}

@@ -107,6 +107,25 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused(tmp_path):
         load_weights_only(path)
 
 
+def test_deepspeed_shards_load_weights_only_under_the_strategy(tmp_path):
+    """DeepSpeed's own loader unpickles anything; the fusionrec strategy swaps in a weights_only load."""
+    pytest.importorskip("deepspeed")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    from trainer.strategies import _weights_only_deepspeed_loads
+
+    evil, fine = tmp_path / "evil_optim_states.pt", tmp_path / "model_states.pt"
+    torch.save({"module": {"w": torch.zeros(2)}, "client": Payload()}, evil)
+    torch.save({"module": {"w": torch.ones(2)}, "global_steps": 3, "param_shapes": [{"w": torch.Size([2])}]}, fine)
+    engine = TorchCheckpointEngine()
+    with _weights_only_deepspeed_loads():
+        with pytest.raises(pickle.UnpicklingError):
+            engine.load(str(evil))
+        assert engine.load(str(fine))["global_steps"] == 3
+    assert TorchCheckpointEngine.load is not None  # restored afterwards
+
+
 def test_atomic_torch_save_creates_the_folder(tmp_path):
     atomic_torch_save({"a": torch.arange(3)}, tmp_path / "x" / "y.pt")
     assert torch.equal(load_weights_only(tmp_path / "x" / "y.pt")["a"], torch.arange(3))
