@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.models import save_tiny_llama
 from tests.launch_support.local_slurm import free_port
 
 pytestmark = pytest.mark.distributed
@@ -33,14 +34,7 @@ for _k in [k for k in ENV if k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCA
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory) -> str:
-    import torch
-
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=512, pad_token_id=0)  # fmt: skip
-    path = tmp_path_factory.mktemp("tiny_llama")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
-    return str(path)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
 
 
 def probe(model: str, out: Path, what: str) -> list[dict]:
@@ -105,14 +99,7 @@ def test_lora_under_zero2_trains_only_the_adapters(llama, tmp_path):
 @pytest.fixture(scope="module")
 def llama_minilm_vocab(tmp_path_factory) -> str:
     """A tiny random Llama over the tiny fixture's prepared token ids (MiniLM's vocabulary, 30,522)."""
-    import torch
-
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=30522, pad_token_id=0)  # fmt: skip
-    path = tmp_path_factory.mktemp("tiny_llama_30k")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
-    return str(path)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama_30k"), vocab_size=30522, hidden=32)
 
 
 @pytest.mark.parametrize(("strategy", "mode"), [("deepspeed_stage_3", "full"), ("deepspeed_stage_2", "lora")])

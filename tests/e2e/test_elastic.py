@@ -20,29 +20,15 @@ import pytest
 import pytorch_lightning as pl
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.helpers.env import child_env
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
 EVERY, KILL_AT = 2, 5
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "PYTHONUNBUFFERED": "1",
-    "LOGLEVEL": "INFO",  # torchrun's agent logs "... will restart worker group" at INFO
-    "NPROC_PER_NODE": "2",
-    "ACCELERATOR": "cpu",
-}
-for _k in [
-    k
-    for k in ENV
-    if k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "TORCHELASTIC_", "RUN_DIR"))
-]:
-    del ENV[_k]  # a test run inside a Slurm job or torchrun must not leak that launcher's env
+# LOGLEVEL: torchrun's agent logs "... will restart worker group" at INFO
+ENV = child_env(LOGLEVEL="INFO", NPROC_PER_NODE="2", ACCELERATOR="cpu")
 
 
 class KillOnce(pl.Callback):

@@ -10,7 +10,6 @@ different schedule than the uninterrupted one, whatever the checkpoint holds.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,25 +19,15 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.helpers.env import child_env
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
 EVERY = 3
 STOP = 7
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "PYTHONUNBUFFERED": "1",
-}
-for _k in [
-    k for k in ENV if k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_", "TORCHELASTIC_"))
-]:
-    del ENV[_k]  # a test run inside a Slurm job or torchrun must not leak that launcher's env
+ENV = child_env()
 
 CHECKPOINTS = f"""\
 trainer:

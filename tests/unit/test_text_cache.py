@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers.models import save_tiny_llama
 from trainer.encoders.text import USE_TEXT_CACHE, TextEncoder
 from trainer.flops import TransformerShape, backward_multiplier, hf_shape, mfu, peak_flops
 from trainer.text_cache import TextCacheStore, build_sharded, cache_key, load_or_build, shard_range
@@ -24,12 +25,7 @@ def _csr(seqs):
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-                                   num_key_value_heads=2, vocab_size=512, pad_token_id=0)  # fmt: skip
-    path = tmp_path_factory.mktemp("tiny_llama")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
-    return str(path)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
 
 
 def enc(path: str, mode: str = "frozen", seqs=SEQS, **kw) -> TextEncoder:
