@@ -87,7 +87,15 @@ def main() -> None:
         for name in a.only or list(RUNS):
             run(name, a.out, a.max_epochs)
 
-    res = {n: fusionrec_results(str(v)) for n in RUNS if (v := latest(a.out, n)) is not None}
+    res = {}
+    for n in RUNS:
+        v = latest(a.out, n)
+        try:
+            res[n] = fusionrec_results(str(v)) if v is not None else None
+        except SystemExit as e:  # a run still going, or one that failed: say so, print the others
+            print(f"skipping {n}: {e}")
+        if res.get(n) is None:
+            res.pop(n, None)
     main_rows = recbole_results(a.recbole_logs) if a.recbole_logs.exists() else {}
     main_rows.update({f"fusionrec {n}": res[n] for n in ("id_only", "fused") if n in res})
     cols = ["valid ndcg@10", *METRICS]

@@ -40,11 +40,15 @@ def ranking_metrics(
     relevant: Items,
     ks: Sequence[int],
     seen: Items | None = None,
+    tie_seed: int = 0,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Per-user top-K metrics for a score matrix (B, n_items).
 
-    `seen` items (training interactions) are set to -inf before ranking. Returns ({f"{metric}@{k}": (B,)},
-    valid (B,) bool = user has at least one relevant item); values of invalid rows are 0.
+    `seen` items (training interactions) are set to -inf before ranking. Equal scores are ordered by a fixed random
+    permutation of the items (`tie_seed`), not by item index: dense ids follow the order items first appear in the
+    data, which correlates with popularity, so index order would reward a model that cannot tell items apart (an
+    id-only model on cold-start items scores them all alike and must land at chance). Returns
+    ({f"{metric}@{k}": (B,)}, valid (B,) bool = user has at least one relevant item); values of invalid rows are 0.
     """
     b, n = scores.shape
     scores = scores.float().clone()
@@ -57,7 +61,8 @@ def ranking_metrics(
     n_rel = rel.sum(1).float()  # (B,)
     valid = n_rel > 0
     k_max = min(max(ks), n)
-    top = scores.topk(k_max, dim=1).indices  # (B, k_max)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(tie_seed)).to(scores.device)
+    top = perm[scores[:, perm].topk(k_max, dim=1).indices]  # (B, k_max); ties in `perm` order
     hits = rel.gather(1, top).float()  # (B, k_max)
     ranks = torch.arange(1, k_max + 1, device=scores.device, dtype=torch.float32)
     discount = 1.0 / torch.log2(ranks + 1)

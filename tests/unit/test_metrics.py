@@ -122,3 +122,18 @@ def test_rating_errors_skip_missing_ratings():
     out = acc.compute()
     assert out["rmse"] == pytest.approx((5 / 2) ** 0.5)
     assert out["mae"] == pytest.approx(1.5)
+
+
+def test_ties_are_broken_by_a_fixed_random_order_not_by_item_index():
+    """A model that scores every item alike must land at chance, even when the relevant items have low ids."""
+    import torch as _torch
+
+    from trainer.metrics import ranking_metrics as _rm
+
+    n, users = 1000, 200
+    scores = _torch.zeros(users, n)
+    relevant = [[0, 1, 2, 3, 4] for _ in range(users)]  # the first ids (popular ones, in real data)
+    out, _ = _rm(scores, relevant, [10])
+    assert float(out["recall@10"].mean()) < 0.05  # chance: 10 / 1000 = 0.01; index order would give 1.0
+    again, _ = _rm(scores, relevant, [10])
+    assert _torch.equal(out["recall@10"], again["recall@10"])  # deterministic
