@@ -26,7 +26,10 @@ def generate(out: Path, rows: int, seed: int = 0) -> Path:
         "timestamp:float": pa.array(rng.integers(8e8, 9e8, rows).astype(np.int64)),
     })
     path = out / f"{out.name}.inter"
-    pacsv.write_csv(table, path, pacsv.WriteOptions(delimiter="\t", quoting_style="none"))
+    # the header by hand: pyarrow quotes header names even with quoting_style="none", and RecBole's are bare
+    with open(path, "wb") as f:
+        f.write(("\t".join(table.column_names) + "\n").encode())
+        pacsv.write_csv(table, f, pacsv.WriteOptions(delimiter="\t", quoting_style="none", include_header=False))
     return path
 
 
