@@ -35,7 +35,7 @@ class TextSourceConfig:
     length_buckets: int = 1
     """(int) run each text batch as this many length-sorted chunks, each padded to its own longest text (less padding)."""
     cache_refresh_every: int = 0
-    """(int) lora / full: rebuild the text cache every N optimizer steps (it serves sampled negatives); 0 = only at evaluation."""
+    """(int) lora / full: rebuild the text cache every N optimizer steps when batches carry sampled negatives (it serves them); 0 = only at evaluation."""
     cache_negatives: bool = True
     """(bool) lora / full: encode sampled negatives from the cache once one exists (positives always run live)."""
     cache_dir: str | None = None

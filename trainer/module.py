@@ -96,7 +96,8 @@ class FusionModule(pl.LightningModule):
     # -- training ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         self._tokens_before = self._text_tokens_processed()  # tokens run in this step (a cache built now counts once)
-        self._text_caches(training=True)
+        # in training the cache serves only sampled negatives: without them there is nothing to refresh it for
+        self._text_caches(training=True, negatives="neg_items" in batch and batch["neg_items"].numel() > 0)
         t = self.towers
         ctx = t.context(batch)
         user, ugates = self._vectors(t.encode_users(batch["user"], ctx))
@@ -130,7 +131,7 @@ class FusionModule(pl.LightningModule):
         return {"tokens": float(sum(e.tokens_processed for e in encs)), "slots": float(sum(e.tokens_padded for e in encs)),
                 "flops": float(sum(e.flops_processed for e in encs))}
 
-    def _text_caches(self, training: bool) -> None:
+    def _text_caches(self, training: bool, negatives: bool = True) -> None:
         """Build the text caches that are due, sharded across ranks (trainer/text_cache.py). Frozen: once, loaded
         from `text.cache_dir` when stored there. lora / full: at each evaluation's first step, and every
         `cache_refresh_every` steps in training. Called inside steps (the strategy's forward: under ZeRO-3 that is
@@ -144,7 +145,7 @@ class FusionModule(pl.LightningModule):
             if enc.mode == "frozen":
                 if enc.cache is None:
                     load_or_build(enc, self._text_cache_dir(), rank, world, gather)
-            elif not training or (every and self.global_step % every == 0 and self._cache_step != self.global_step):
+            elif not training or (negatives and every and self.global_step % every == 0 and self._cache_step != self.global_step):
                 build_sharded(enc, rank, world, gather)
         if training and every:
             self._cache_step = self.global_step
