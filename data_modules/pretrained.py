@@ -44,6 +44,7 @@ def gguf_to_hf_folder(gguf: Path, cache: Path | None = None) -> Path:
     a second. Built in a temporary folder and renamed, so an interrupted conversion is never mistaken for one.
     The folder is keyed by the file's name, size and mtime.
     """
+    import copy
     import hashlib
     import logging
     import os
@@ -51,7 +52,7 @@ def gguf_to_hf_folder(gguf: Path, cache: Path | None = None) -> Path:
     import tempfile
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from data_modules.readers.assets import cache_dir
 
@@ -66,7 +67,7 @@ def gguf_to_hf_folder(gguf: Path, cache: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
-        cfg = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        cfg = copy.deepcopy(quantized.config)
         if hasattr(cfg, "quantization_config"):
             del cfg.quantization_config
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)

@@ -73,9 +73,11 @@ class TransformerShape:
     layers: int
     width: int
 
-    def forward_flops_per_token(self, context: float) -> float:
-        """`2 N + 4 L T d` for a token attending to `context` tokens."""
-        return 2.0 * self.params + 4.0 * self.layers * context * self.width
+    def forward_flops(self, lengths: torch.Tensor) -> float:
+        """Forward FLOPs of a batch of texts with `lengths` (B,) real tokens: per token `2 N + 4 L T d`, T = its own
+        text's length."""
+        n = lengths.double()
+        return 2.0 * self.params * float(n.sum()) + 4.0 * self.layers * self.width * float((n**2).sum())
 
 
 def hf_shape(backbone: nn.Module) -> TransformerShape:

@@ -10,6 +10,7 @@ Definitions follow RecBole (binary relevance, ranks 1-based, users without relev
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -33,6 +34,12 @@ def _pairs(items: Items, batch: int, device: torch.device) -> tuple[Tensor, Tens
     return torch.tensor(row_ids, dtype=torch.long, device=device), torch.tensor(
         flat, dtype=torch.long, device=device
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _tie_order(n: int, seed: int, device: torch.device) -> Tensor:
+    """The fixed random item order that breaks score ties; made once per catalog size, not per batch."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def ranking_metrics(
@@ -61,7 +68,7 @@ def ranking_metrics(
     n_rel = rel.sum(1).float()  # (B,)
     valid = n_rel > 0
     k_max = min(max(ks), n)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(tie_seed)).to(scores.device)
+    perm = _tie_order(n, tie_seed, scores.device)
     top = perm[scores[:, perm].topk(k_max, dim=1).indices]  # (B, k_max); ties in `perm` order
     hits = rel.gather(1, top).float()  # (B, k_max)
     ranks = torch.arange(1, k_max + 1, device=scores.device, dtype=torch.float32)

@@ -67,7 +67,6 @@ class FusionModule(pl.LightningModule):
         self.rating = RatingAccumulator()
         self._item_table: Tensor | None = None
         self._eval_ctx: dict[str, Any] = {}
-        self.last_text_tokens = 0
 
     # -- model ----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -81,7 +80,6 @@ class FusionModule(pl.LightningModule):
         """The towers and side buffers for a prepared dataset, without a trainer (used by `fusionrec export`)."""
         self.towers = build_two_tower(self.model_cfg, side, history_len=history_len)
         self._text_encoders = [m for m in self.towers.modules() if isinstance(m, TextEncoder)]
-        self._tokens_before = 0
         self._cache_step = -1  # global step at which the fine-tuning caches were last rebuilt
         # In-batch negatives are the batch's positives, drawn in proportion to training popularity: that is their
         # q for logQ correction (the batch's own `pos_logq` is the *sampler's* probability, uniform by default).
@@ -95,7 +93,6 @@ class FusionModule(pl.LightningModule):
 
     # -- training ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        self._tokens_before = self._text_tokens_processed()  # tokens run in this step (a cache built now counts once)
         # in training the cache serves only sampled negatives: without them there is nothing to refresh it for
         self._text_caches(training=True, negatives="neg_items" in batch and batch["neg_items"].numel() > 0)
         t = self.towers
@@ -117,16 +114,11 @@ class FusionModule(pl.LightningModule):
             if gates is not None:
                 for i, name in enumerate(names):
                     self.log(f"gates/{tower}_{name}", gates[:, i].mean(), on_step=False, on_epoch=True, batch_size=bs)
-        processed = self._text_tokens_processed()
-        self.last_text_tokens, self._tokens_before = processed - self._tokens_before, processed
         return total
 
-    def _text_tokens_processed(self) -> int:
-        """Real tokens the text backbones have run on so far (0 in frozen mode after the cache is built)."""
-        return sum(enc.tokens_processed for enc in self._text_encoders)
-
     def text_counters(self) -> dict[str, float]:
-        """Running totals of the text backbones: real tokens, token slots (pads included), model FLOPs."""
+        """Running totals of the text backbones: real tokens, token slots (pads included), model FLOPs (read per
+        step by trainer.callbacks.TrainingMonitor)."""
         encs = self._text_encoders if self.towers is not None else []
         return {"tokens": float(sum(e.tokens_processed for e in encs)), "slots": float(sum(e.tokens_padded for e in encs)),
                 "flops": float(sum(e.flops_processed for e in encs))}

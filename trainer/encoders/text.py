@@ -201,12 +201,9 @@ class TextEncoder(nn.Module):
         real = mask.sum(1)
         self.tokens_processed += int(real.sum())  # real (non-pad) tokens through the backbone, for tokens/s
         self.tokens_padded += int(mask.numel())  # token slots computed, pads included: padding fraction
-        # model FLOPs of this forward (+ its backward when gradients will flow): 2N per token + attention
-        fwd = real.sum().item() * 2.0 * self._shape.params + 4.0 * self._shape.layers * self._shape.width * float(
-            (real.double() ** 2).sum()
-        )
+        # model FLOPs of this forward (+ its backward when gradients will flow)
         backward = self._backward_multiplier if torch.is_grad_enabled() and self.backbone.training else 0.0
-        self.flops_processed += fwd * (1.0 + backward)
+        self.flops_processed += self._shape.forward_flops(real) * (1.0 + backward)
         kwargs: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": mask}
         if self.padding_side == "left":
             kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
@@ -214,16 +211,10 @@ class TextEncoder(nn.Module):
         return self.pool(hidden, mask)
 
     @torch.no_grad()
-    def encode_range(self, start: int, stop: int) -> Tensor:
-        """Pooled vectors (stop - start, H) float32 of entities [start, stop), in `cache_batch_size` batches of
-        length-sorted entities (little padding); the backbone in eval mode. Building block of (sharded) caches:
-        `ceil((stop - start) / cache_batch_size)` backbone forwards, whatever the texts."""
-        return self.encode_ids(torch.arange(start, stop))
-
-    @torch.no_grad()
     def encode_ids(self, ids: Tensor, desc: str | None = None) -> Tensor:
         """Pooled vectors (len(ids), H) float32 on the host, in `ceil(len(ids) / cache_batch_size)` backbone
-        forwards of length-sorted entities (little padding), the backbone in eval mode."""
+        forwards of length-sorted entities (little padding), the backbone in eval mode. The building block of
+        (sharded) caches: the forward count depends on len(ids) alone, as ZeRO-3 needs."""
         was_training = self.backbone.training
         self.backbone.eval()
         device = self.proj.weight.device
@@ -251,7 +242,7 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def refresh_cache(self) -> Tensor:
         """Recompute the pooled vectors of all entities (n, H) float32 in this process (no sharding)."""
-        self.set_cache(self.encode_range(0, self.num_entities))
+        self.set_cache(self.encode_ids(torch.arange(self.num_entities)))
         assert self.cache is not None
         return self.cache
 
