@@ -9,8 +9,8 @@ fusionrec's own TextEncoder (last-token pooling for the decoder, mean for the en
 fine-tuning, randomly initialised from a real architecture's config (speed does not depend on the weights), under
 torchrun with one process per device. Every text has exactly `seq` tokens, so tokens/s counts no padding. A
 step = forward + backward + optimizer on `--batch` texts per rank; `--warmup` steps are not timed. Figures:
-tokens/s over all ranks; model TFLOP/s from trainer/flops.py (2N + attention per token, x3 for forward + backward,
-recomputation not counted); MFU against the device's peak dense bf16 rate (trainer.flops.PEAK_BF16); the largest
+tokens/s over all ranks; model TFLOP/s from trainer/model/flops.py (2N + attention per token, x3 for forward + backward,
+recomputation not counted); MFU against the device's peak dense bf16 rate (trainer.model.flops.PEAK_BF16); the largest
 rank's peak memory (CUDA max allocated; max RSS on CPU). Per-run logs and JSON under --out.
 """
 
@@ -70,9 +70,9 @@ def worker(a: argparse.Namespace) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
     import deepspeed
 
-    from trainer.encoders.text import TextEncoder
-    from trainer.flops import peak_flops
-    from trainer.strategies import _without_shm_comm_op, load_deepspeed_config
+    from trainer.model.encoders.text import TextEncoder
+    from trainer.model.flops import peak_flops
+    from trainer.engine.strategies import _without_shm_comm_op, load_deepspeed_config
 
     with _without_shm_comm_op():
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")

@@ -54,16 +54,18 @@ def _data_main(argv: list[str]) -> int:
 
 
 def _export_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="fusionrec export", description="Export a checkpoint for serving (trainer/export.py).")
+    p = argparse.ArgumentParser(prog="fusionrec export", description="Export a checkpoint for serving (trainer/inference/export.py).")
     p.add_argument("checkpoint", help="Lightning .ckpt file, or a DeepSpeed checkpoint folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="run config (default: config.yaml in the checkpoint's log folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--allow-dataset-change", action="store_true",
+                   help="export even if the run config's prepared dataset is not the one the checkpoint was trained on")
     a = p.parse_args(argv)
-    from trainer.export import export
+    from trainer.inference.export import export
 
     try:
-        export(a.checkpoint, a.out, a.config, progress=not a.no_progress)
+        export(a.checkpoint, a.out, a.config, progress=not a.no_progress, allow_dataset_change=a.allow_dataset_change)
     except (FileNotFoundError, ValueError) as e:
         print(f"fusionrec export: error: {e}", file=sys.stderr)
         return 2
@@ -77,9 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         return _data_main(argv[1:])
     if argv and argv[0] == "export":
         return _export_main(argv[1:])
-    from trainer.lightning_cli import run_lightning_cli
+    from trainer.engine.dataset_guard import DatasetMismatchError
+    from trainer.engine.lightning_cli import run_lightning_cli
 
-    run_lightning_cli(argv)
+    try:
+        run_lightning_cli(argv)
+    except DatasetMismatchError as e:
+        print(f"fusionrec {argv[0] if argv else ''}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -3,7 +3,7 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/distributed/llm_probe.py MODEL_DIR OUT zero3|lora_zero2|catalog
 
 zero3: a decoder LLM (tiny random Llama) as fusionrec's TextEncoder, created under ZeRO-3 the way
-trainer/strategies.py does it (HfDeepSpeedConfig, so from_pretrained partitions while loading): records the
+trainer/engine/strategies.py does it (HfDeepSpeedConfig, so from_pretrained partitions while loading): records the
 parameter elements this rank holds, the pooled last-token outputs for left- and right-padded batches next to an
 unsharded copy's, a few training steps through the DeepSpeed engine, and the text cache built sharded across ranks.
 lora_zero2: LoRA adapters (peft) under ZeRO-2: a few steps; records losses and checksums of adapter and base weights.
@@ -27,9 +27,9 @@ import torch.distributed as dist  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from trainer.encoders.text import TextEncoder  # noqa: E402
-from trainer.strategies import _without_shm_comm_op  # noqa: E402
-from trainer.text_cache import TextCacheStore, build_sharded, cache_key  # noqa: E402
+from trainer.engine.strategies import _without_shm_comm_op  # noqa: E402
+from trainer.engine.text_cache import TextCacheStore, build_sharded, cache_key  # noqa: E402
+from trainer.model.encoders.text import TextEncoder  # noqa: E402
 
 # 11 entities of very different lengths (an empty one included): padding matters on both sides
 SEQS = [[5, 17, 99, 4, 250], [7, 8], [300, 301, 302], [], [9] * 12, [11, 12, 13, 14], [40], [41, 42],

@@ -1,7 +1,7 @@
 """A decoder LLM as the text encoder on 2 gloo CPU ranks: ZeRO-3 full fine-tuning and LoRA under ZeRO-2.
 
 The model is a tiny randomly initialised Llama (2 layers, hidden 64) saved with save_pretrained, so the real
-`from_pretrained` path runs — under ZeRO-3 with transformers' DeepSpeed integration, as trainer/strategies.py sets
+`from_pretrained` path runs — under ZeRO-3 with transformers' DeepSpeed integration, as trainer/engine/strategies.py sets
 it up, so the weights are created partitioned and no rank ever holds the whole model (tests/distributed/llm_probe.py
 records what each rank holds). Tolerances: pooled outputs 1e-5 absolute (float32; the sharded model gathers the
 same weights, only kernels' summation order may differ).

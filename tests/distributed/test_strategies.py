@@ -7,8 +7,8 @@ seed, same GLOBAL batch (32 = 2 ranks x 16), one epoch = 5 optimizer steps, drop
 The objective is the rating MSE (`loss.weights {mse: 1.0}`): every training row of the fixture has a rating, so
 a rank's loss is a mean over exactly its 16 rows and the mean over ranks is the single process's loss over all 32,
 and averaging gradients over ranks (ddp and ZeRO both do) gives the single process's gradient. The in-batch
-softmax of configs/tiny.yaml would not do for this comparison: under ddp / ZeRO each rank draws its in-batch
-negatives from its own 16 rows, so 2 ranks optimise a different objective from 1 process over 32 rows.
+softmax of configs/tiny.yaml is compared too (with sampled negatives): the training step gathers the candidate
+item vectors of all ranks with gradients, so 2 ranks optimise the objective of 1 process over 32 rows.
 
 Tolerances. Losses: rtol 1e-4 (observed ~1e-7): the runs differ only in float32 summation order (all-reduce of
 two half-batch gradients vs one sum over the batch), which AdamW carries over 5 steps at lr 0.01.
@@ -48,6 +48,12 @@ for _k in [
     del ENV[_k]  # a test run inside a Slurm job or torchrun must not leak that launcher's env
 
 STEPS = 5  # 160 training rows / global batch 32
+OBJECTIVES = {
+    "mse": ["--model.loss.weights", "{mse: 1.0}"],
+    # in-batch candidates gathered across ranks + 4 popularity-sampled negatives per row, mixed log Q
+    "softmax": ["--model.loss.weights", "{softmax: 1.0}", "--data.num_negatives", "4",
+                "--data.negative_sampler", "popularity"],
+}
 RANKED = ("ddp", "deepspeed_stage_2", "deepspeed_stage_3")
 
 
@@ -59,13 +65,14 @@ class Runs:
         self.prepared = root / "prepared"
         self.done: dict[str, list[dict]] = {}
 
-    def __call__(self, strategy: str) -> list[dict]:
-        if strategy not in self.done:
-            self.done[strategy] = self._fit(strategy)
-        return self.done[strategy]
+    def __call__(self, strategy: str, objective: str = "mse") -> list[dict]:
+        key = f"{strategy}-{objective}"
+        if key not in self.done:
+            self.done[key] = self._fit(strategy, objective)
+        return self.done[key]
 
-    def _fit(self, strategy: str) -> list[dict]:
-        out = self.root / strategy
+    def _fit(self, strategy: str, objective: str) -> list[dict]:
+        out = self.root / f"{strategy}-{objective}"
         ranks = 1 if strategy == "single" else 2
         probe = {
             "class_path": "tests.distributed.strategy_probe.StrategyProbe",
@@ -78,7 +85,7 @@ class Runs:
             "--trainer.callbacks", json.dumps([probe]),
             "--trainer.default_root_dir", str(out),
             "--data.dataset_dir", str(self.prepared),
-            "--model.loss.weights", "{mse: 1.0}",
+            *OBJECTIVES[objective],
             "--model.model.sequence.dropout", "0.0", "--model.model.source_dropout", "{}",
         ]  # fmt: skip
         if ranks == 1:
@@ -130,6 +137,17 @@ def test_two_ranks_train_like_one_process(runs, strategy):
     single, ranked = _global_loss(runs("single")), _global_loss(runs(strategy))
     assert ranked == pytest.approx(single, rel=1e-4), (strategy, ranked, single)
     assert single[-1] < single[0]  # it does train
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_stage_2"])
+def test_in_batch_softmax_at_two_ranks_is_the_one_process_objective(runs, strategy):
+    """Sampled softmax over the global batch's candidates (gathered with gradients) + sampled negatives: the
+    loss of 2 ranks x 16 rows equals 1 process x 32 at every step, so the gradients agree as well (the
+    steps after the first start from the parameters they produced)."""
+    single, ranked = _global_loss(runs("single", "softmax")), _global_loss(runs(strategy, "softmax"))
+    assert ranked == pytest.approx(single, rel=1e-4), (strategy, ranked, single)
+    assert single[-1] < single[0]
+    assert runs(strategy, "softmax")[0]["val"] == pytest.approx(runs("single", "softmax")[0]["val"], abs=1e-5)
 
 
 @pytest.mark.parametrize("strategy", RANKED)

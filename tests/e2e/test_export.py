@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from data_modules.side import SideData
-from trainer.module import FusionModule
+from trainer.engine.module import FusionModule
 
 pytestmark = pytest.mark.e2e
 
@@ -101,3 +101,77 @@ def test_model_safetensors_loads_strictly_into_a_fresh_model(exported):
     trained = torch.load(exported["ckpt"], weights_only=True, map_location="cpu")["state_dict"]
     assert state.keys() == trained.keys()
     assert all(torch.equal(state[k], trained[k]) for k in trained)
+
+
+# -- a checkpoint knows its dataset (trainer/engine/dataset_guard.py) -------------------------------------------
+def _run(*args: str) -> subprocess.CompletedProcess:
+    # --data.prepare_config null: tiny.yaml would otherwise re-prepare the given folder from configs/data/tiny.yaml
+    extra = ["--data.prepare_config", "null"] if args[0] != "export" else []
+    return subprocess.run([sys.executable, "-m", "trainer.cli", *args, *extra], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=150)
+
+
+@pytest.fixture(scope="module")
+def resplit(exported):
+    """The same raw files prepared with another split seed: a different prepared dataset (other test items)."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / "data" / "tiny.yaml").read_text())
+    cfg["split"]["seed"] = 7
+    path = exported["root"] / "tiny_seed7.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = exported["root"] / "resplit"
+    fusionrec("data", "prepare", str(path), "--out", str(out))
+    return out
+
+
+def test_checkpoint_records_its_prepared_dataset(exported):
+    ckpt = torch.load(exported["ckpt"], weights_only=True, map_location="cpu")
+    manifest = json.loads((exported["root"] / "data" / "manifest.json").read_text())
+    assert ckpt["fusionrec_dataset"]["fingerprint"] == manifest["fingerprint"]
+    assert ckpt["fusionrec_dataset"]["dir"] == str((exported["root"] / "data").resolve())
+
+
+def test_test_and_predict_refuse_a_checkpoint_from_another_dataset(exported, resplit):
+    root = exported["root"]
+    for cmd in ("test", "predict"):
+        p = _run(cmd, "--config", str(TINY), "--data.dataset_dir", str(resplit), "--ckpt_path", str(exported["ckpt"]),
+                 "--trainer.default_root_dir", str(root / f"guard-{cmd}"), "--trainer.logger", "false")
+        assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-4000:]
+        err = p.stderr.splitlines()[-1]
+        assert err.startswith(f"fusionrec {cmd}: error: checkpoint {exported['ckpt']}"), err
+        assert str(resplit.resolve()) in err and "--model.allow_dataset_change true" in err, err
+        assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    p = _run("test", "--config", str(TINY), "--data.dataset_dir", str(resplit), "--ckpt_path", str(exported["ckpt"]),
+             "--model.allow_dataset_change", "true", "--trainer.default_root_dir", str(root / "guard-ok"),
+             "--trainer.logger", "false")
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "continuing because the dataset change is allowed explicitly" in p.stderr
+
+
+def test_fit_resume_refuses_another_dataset(exported, resplit):
+    p = _run("fit", "--config", str(TINY), "--data.dataset_dir", str(resplit), "--ckpt_path", str(exported["ckpt"]),
+             "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(exported["root"] / "guard-fit"),
+             "--trainer.logger", "false")
+    assert p.returncode == 2 and "was trained on the prepared dataset" in p.stderr, p.stderr[-4000:]
+
+
+def test_export_refuses_another_dataset_unless_allowed(exported, resplit):
+    import yaml
+
+    cfg = yaml.safe_load(find_config(exported["ckpt"]).read_text())
+    cfg["data"]["dataset_dir"] = str(resplit)
+    other = exported["root"] / "resplit_run.yaml"
+    other.write_text(yaml.safe_dump(cfg))
+    args = ["export", str(exported["ckpt"]), "--out", str(exported["root"] / "guard-export"), "--config", str(other),
+            "--no-progress"]
+    p = _run(*args)
+    assert p.returncode == 2 and "--allow-dataset-change" in p.stderr and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert not (exported["root"] / "guard-export" / "model.safetensors").exists()
+    assert _run(*args, "--allow-dataset-change").returncode == 0
+
+
+def find_config(ckpt: Path) -> Path:
+    from trainer.inference.export import find_run_config
+
+    return find_run_config(ckpt)

@@ -34,7 +34,7 @@ def smollm2() -> str:
 def test_last_token_pooling_equals_a_direct_call_left_and_right_padded(smollm2):
     from transformers import AutoModel, AutoTokenizer
 
-    from trainer.encoders.text import TextEncoder
+    from trainer.model.encoders.text import TextEncoder
 
     tok = AutoTokenizer.from_pretrained(smollm2)
     texts = ["Movie: Toy Story (1995). Genres: Animation, Comedy.", "Movie: Heat (1995).", "A 24 year old M technician."]

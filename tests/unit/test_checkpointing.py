@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpointing import (
+from trainer.engine.checkpointing import (
     AtomicCheckpointIO,
     RestoreLoaderPosition,
     atomic_torch_save,
@@ -50,7 +50,7 @@ def test_exception_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch
         f.write(b"PK\x03\x04 half a zip")
         raise OSError("disk full")
 
-    monkeypatch.setattr("trainer.checkpointing.torch.save", broken_save)
+    monkeypatch.setattr("trainer.engine.checkpointing.torch.save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         io.save_checkpoint(_checkpoint(6), path)
     assert io.load_checkpoint(path)["global_step"] == 3
@@ -59,7 +59,7 @@ def test_exception_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch
 
 KILLED_MID_WRITE = """
 import os, signal, sys, torch
-import trainer.checkpointing as c
+import trainer.engine.checkpointing as c
 io, path = c.AtomicCheckpointIO(), sys.argv[1]
 io.save_checkpoint({"global_step": 3, "state_dict": {"w": torch.zeros(256, 256)}}, path)
 real_save = torch.save
@@ -113,7 +113,7 @@ def test_deepspeed_shards_load_weights_only_under_the_strategy(tmp_path):
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    from trainer.strategies import _weights_only_deepspeed_loads
+    from trainer.engine.strategies import _weights_only_deepspeed_loads
 
     evil, fine = tmp_path / "evil_optim_states.pt", tmp_path / "model_states.pt"
     torch.save({"module": {"w": torch.zeros(2)}, "client": Payload()}, evil)
@@ -141,7 +141,7 @@ def test_plugins_get_atomic_io_unless_a_checkpoint_io_is_given():
 
 
 def test_fusionrec_cli_trainer_uses_atomic_io_and_restores_loader_position(tmp_path, monkeypatch):
-    from trainer import lightning_cli
+    from trainer.engine import lightning_cli
 
     built = []
 

@@ -12,9 +12,9 @@ import yaml
 
 from data_modules.datamodule import FusionDataModule
 from data_modules.prepare.config import PrepareConfig
-from trainer.lightning_cli import FusionCLI
-from trainer.module import FusionModule
-from trainer.strategies import NAMES
+from trainer.engine.lightning_cli import FusionCLI
+from trainer.engine.module import FusionModule
+from trainer.engine.strategies import NAMES
 
 pytestmark = pytest.mark.unit
 
@@ -39,7 +39,7 @@ def test_the_config_lists_are_not_empty():
 def test_run_config_parses_and_instantiates_through_the_cli(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # loggers / callbacks built here must not touch the repository
     monkeypatch.setattr("sys.argv", ["fusionrec"])  # pytest's own arguments are not the CLI's
-    # the same arguments as trainer.lightning_cli.run_lightning_cli, without running a subcommand
+    # the same arguments as trainer.engine.lightning_cli.run_lightning_cli, without running a subcommand
     cli = FusionCLI(
         FusionModule,
         FusionDataModule,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.encoders.graph import GRAPH_TABLES, GraphEncoder, normalized_adjacency
+from trainer.model.encoders.graph import GRAPH_TABLES, GraphEncoder, normalized_adjacency
 
 pytestmark = pytest.mark.unit
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.encoders.id import IdEmbedding
-from trainer.encoders.sequence import SequenceEncoder
+from trainer.model.encoders.id import IdEmbedding
+from trainer.model.encoders.sequence import SequenceEncoder
 
 pytestmark = pytest.mark.unit
 

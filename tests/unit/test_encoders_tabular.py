@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.encoders.base import SourceEncoder
-from trainer.encoders.id import IdEmbedding
-from trainer.encoders.tabular import TabularEncoder
+from trainer.model.encoders.base import SourceEncoder
+from trainer.model.encoders.id import IdEmbedding
+from trainer.model.encoders.tabular import TabularEncoder
 
 pytestmark = pytest.mark.unit
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
-from trainer.encoders.text import TextEncoder  # noqa: E402
+from trainer.model.encoders.text import TextEncoder  # noqa: E402
 
 
 def _minilm() -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.encoders.id import IdEmbedding
-from trainer.fusion import AttentionFusion, ConcatMLPFusion, GatedFusion
-from trainer.towers import Tower, TwoTower
+from trainer.model.encoders.id import IdEmbedding
+from trainer.model.fusion import AttentionFusion, ConcatMLPFusion, GatedFusion
+from trainer.model.towers import Tower, TwoTower
 
 pytestmark = pytest.mark.unit
 

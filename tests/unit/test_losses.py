@@ -7,7 +7,7 @@ from math import exp, log
 import pytest
 import torch
 
-from trainer.losses import BCELoss, BPRLoss, MultiObjective, RatingMSELoss, SampledSoftmaxLoss, Scores
+from trainer.model.losses import BCELoss, BPRLoss, MultiObjective, RatingMSELoss, SampledSoftmaxLoss, Scores
 
 pytestmark = pytest.mark.unit
 
@@ -113,3 +113,41 @@ def test_scores_from_vectors():
     assert s.pos.tolist() == [3.0, 2.0]
     assert s.neg.tolist() == [[1.0], [-2.0]]
     assert s.in_batch.tolist() == [[3.0, 1.0], [2.0, 2.0]]
+
+
+def test_mixed_log_q_is_exactly_unbiased_by_brute_force():
+    """Enumerate every candidate multiset of a 5-item catalog: C = 2 in-batch candidates drawn from popularity
+    q_b, N = 1 sampled negative from q_s. Weighting each candidate by 1 / Q(c), Q = mixed_log_q, the expected
+    corrected sum equals the full-catalog normaliser Z = sum_j exp(s_j) (the derivation in its docstring)."""
+    import itertools
+
+    from trainer.model.losses import mixed_log_q
+
+    s = torch.tensor([0.3, -1.2, 2.0, 0.7, -0.1], dtype=torch.float64)
+    q_b = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05], dtype=torch.float64)
+    q_s = torch.tensor([0.1, 0.1, 0.2, 0.3, 0.3], dtype=torch.float64)
+    log_q = mixed_log_q(q_b.log(), q_s.log(), n_batch=2, n_sampled=1)
+    assert torch.allclose(log_q.exp(), 2 * q_b + q_s)
+    expected = torch.zeros((), dtype=torch.float64)
+    for a, b, c in itertools.product(range(5), repeat=3):  # (batch, batch, sampled)
+        p = q_b[a] * q_b[b] * q_s[c]
+        expected += p * sum((s[j] - log_q[j]).exp() for j in (a, b, c))
+    assert expected.item() == pytest.approx(s.exp().sum().item(), rel=1e-12)
+    # one source alone reduces to that source's q (times its count)
+    assert torch.allclose(mixed_log_q(q_b.log(), q_s.log(), 3, 0), q_b.log() + log(3))
+    assert torch.allclose(mixed_log_q(q_b.log(), q_s.log(), 0, 4), q_s.log() + log(4))
+
+
+def test_sampled_softmax_over_gathered_candidates_masks_the_rows_own_item():
+    # 2 rows, 3 candidates (a gathered global batch: this rank's rows are candidates 1 and 2)
+    s = Scores(
+        pos=torch.tensor([1.0, 2.0]),
+        pos_items=torch.tensor([4, 6]),
+        in_batch=torch.tensor([[0.5, 1.0, 0.2], [0.1, 0.3, 2.0]]),
+        cand_items=torch.tensor([4, 4, 6]),  # candidate 0 (another rank's row) duplicates row 0's item
+        cand_logq=torch.tensor([log(0.5), log(0.5), log(0.25)]),
+        pos_logq=torch.tensor([log(0.5), log(0.25)]),
+    )
+    row0 = -(1 - log(0.5)) + log(exp(1) * 2 + exp(0.2) * 4)
+    row1 = -(2 - log(0.25)) + log(exp(2) * 4 + exp(0.1) * 2 + exp(0.3) * 2)
+    assert SampledSoftmaxLoss()(s).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)

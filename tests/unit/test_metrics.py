@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.metrics import RankingAccumulator, RatingAccumulator, ranking_metrics
+from trainer.engine.metrics import RankingAccumulator, RatingAccumulator, ranking_metrics
 
 pytestmark = pytest.mark.unit
 
@@ -128,7 +128,7 @@ def test_ties_are_broken_by_a_fixed_random_order_not_by_item_index():
     """A model that scores every item alike must land at chance, even when the relevant items have low ids."""
     import torch as _torch
 
-    from trainer.metrics import ranking_metrics as _rm
+    from trainer.engine.metrics import ranking_metrics as _rm
 
     n, users = 1000, 200
     scores = _torch.zeros(users, n)

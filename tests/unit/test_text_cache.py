@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tests.helpers.models import save_tiny_llama
-from trainer.encoders.text import USE_TEXT_CACHE, TextEncoder
-from trainer.flops import TransformerShape, backward_multiplier, hf_shape, mfu, peak_flops
-from trainer.text_cache import TextCacheStore, build_sharded, cache_key, load_or_build, shard_range
+from trainer.engine.text_cache import TextCacheStore, build_sharded, cache_key, load_or_build, shard_range
+from trainer.model.encoders.text import USE_TEXT_CACHE, TextEncoder
+from trainer.model.flops import TransformerShape, backward_multiplier, hf_shape, mfu, peak_flops
 
 pytestmark = pytest.mark.unit
 transformers = pytest.importorskip("transformers")

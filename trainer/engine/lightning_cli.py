@@ -1,7 +1,7 @@
 """`fusionrec fit | validate | test | predict --config configs/<run>.yaml` through LightningCLI.
 
 YAML -> typed signatures -> objects: the model's option groups are dataclasses, the data module's are plain
-arguments, and the strategy is chosen by name (see trainer/strategies.py).
+arguments, and the strategy is chosen by name (see trainer/engine/strategies.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 from pytorch_lightning.cli import LightningCLI
 
 from data_modules.datamodule import FusionDataModule
-from trainer.checkpointing import RestoreLoaderPosition, with_atomic_checkpoint_io
-from trainer.module import FusionModule
+from trainer.engine.checkpointing import RestoreLoaderPosition, with_atomic_checkpoint_io
+from trainer.engine.module import FusionModule
 
 log = logging.getLogger("fusionrec")
 
@@ -27,7 +27,7 @@ class FusionCLI(LightningCLI):
                             help="after fit, evaluate the best checkpoint (chosen on validation) once on the test split")
 
     def instantiate_trainer(self, **kwargs):  # type: ignore[no-untyped-def]
-        from trainer.strategies import build_strategy
+        from trainer.engine.strategies import build_strategy
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         strategy = build_strategy(cfg.get("strategy_name", "single"), cfg.get("deepspeed_config"))

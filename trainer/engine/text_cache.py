@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from trainer.encoders.text import TextEncoder
+from trainer.model.encoders.text import TextEncoder
 
 log = logging.getLogger("fusionrec.text_cache")
 Gather = Callable[[Tensor], Tensor]  # (m, H) on each rank -> (world, m, H) everywhere

@@ -8,8 +8,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from trainer.encoders.base import SourceEncoder
-from trainer.encoders.graph import GRAPH_TABLES, GraphEncoder
+from trainer.model.encoders.base import SourceEncoder
+from trainer.model.encoders.graph import GRAPH_TABLES, GraphEncoder
 
 
 class Tower(nn.Module):

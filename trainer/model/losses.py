@@ -5,6 +5,7 @@ Every loss takes the same `Scores`, so `MultiObjective` can combine any of them 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,11 +28,16 @@ class Scores:
     neg_items: Tensor | None = None
     """(B, N) long sampled negative ids."""
     in_batch: Tensor | None = None
-    """(B, B) scores of every user against every positive of the batch; diagonal = `pos`."""
+    """(B, C) scores of every user against the C in-batch candidates (the positives of the batch; of the global
+    batch when gathered across ranks); the row's own positive is among them."""
+    cand_items: Tensor | None = None
+    """(C,) long item ids of the in-batch candidates; None = `pos_items` (C = B, not gathered)."""
+    cand_logq: Tensor | None = None
+    """(C,) log Q of each in-batch candidate (see `mixed_log_q`); None = `pos_logq`."""
     pos_logq: Tensor | None = None
-    """(B,) log sampling probability of each positive (used for it as an in-batch negative)."""
+    """(B,) log Q of each row's positive, the target (see `mixed_log_q`)."""
     neg_logq: Tensor | None = None
-    """(B, N) log sampling probability of each sampled negative."""
+    """(B, N) log Q of each sampled negative (see `mixed_log_q`)."""
     rating: Tensor | None = None
     """(B,) observed ratings, NaN = none."""
     rating_pred: Tensor | None = None
@@ -46,14 +52,20 @@ class Scores:
         batch: Mapping[str, Any],
         rating_pred: Tensor | None = None,
         in_batch: bool = True,
+        candidates: Tensor | None = None,
     ) -> Scores:
-        """Build from user (B, D), positive (B, D) and negative (B, N, D) vectors and the training batch."""
+        """Build from user (B, D), positive (B, D) and negative (B, N, D) vectors and the training batch.
+        `candidates` (C, D): the in-batch candidate vectors (default `pos`); with them the batch carries
+        `cand_items` (C,) and `cand_logq` (C,)."""
+        cand = pos if candidates is None else candidates
         return cls(
             pos=(user * pos).sum(-1),
             pos_items=batch["item"],
             neg=torch.einsum("bd,bnd->bn", user, neg) if neg is not None else None,
             neg_items=batch.get("neg_items"),
-            in_batch=user @ pos.T if in_batch else None,
+            in_batch=user @ cand.T if in_batch else None,
+            cand_items=batch.get("cand_items"),
+            cand_logq=batch.get("cand_logq"),
             pos_logq=batch.get("pos_logq"),
             neg_logq=batch.get("neg_logq"),
             rating=batch.get("rating"),
@@ -61,13 +73,44 @@ class Scores:
         )
 
 
-class SampledSoftmaxLoss(nn.Module):
-    """Cross-entropy of the positive against in-batch positives of other users and sampled negatives.
+def mixed_log_q(log_q_batch: Tensor, log_q_sampler: Tensor, n_batch: int, n_sampled: int) -> Tensor:
+    """log Q(j) = log(C * q_b(j) + N * q_s(j)): the expected count of item j among one row's candidates.
 
-    Logits are scores / temperature. With `logq_correction`, log q is subtracted from every in-batch logit
-    (`pos_logq` of its item; the target is one of them) and from every sampled negative (`neg_logq`), so the
-    sampled softmax estimates the full softmax instead of penalising items by how often they are sampled. In-batch columns holding the row's own positive item, and sampled
-    negatives equal to it (accidental hits), are masked out.
+    Why. A row's softmax normaliser Z = sum_j exp(s_j) over the whole catalog is estimated from its candidate
+    multiset: C in-batch candidates (the positives of the global batch, so drawn with q_b = training popularity)
+    and N sampled negatives drawn with the sampler's q_s. Weighting every candidate c by 1 / Q(c),
+
+        E[ sum_{c in candidates} exp(s_c) / Q(c) ] = sum_j exp(s_j) * (C q_b(j) + N q_s(j)) / Q(j) = Z,
+
+    exactly, whichever source each candidate came from (the "balance heuristic" of multiple importance
+    sampling; Yang et al., WWW 2020, mixed negative sampling). In logits this is `s_c - log Q(c)`, applied to
+    every in-batch candidate, every sampled negative and the target alike (one consistent correction, so the
+    target is not favoured over an equal candidate). Correcting each source by its own q alone would also be
+    unbiased but weights the two sources' estimates of Z equally whatever C and N are; and the per-rank C of
+    in-batch negatives would make the objective depend on the world size. With N = 0 this is
+    log C + log q_b (Yi et al., RecSys 2019, up to a constant), with C = 0 it is log N + log q_s.
+
+    Args: log_q_batch, log_q_sampler: log q_b and log q_s of the same items (any shape); n_batch = C, the
+    candidates per row after any gather; n_sampled = N, sampled negatives per row.
+    """
+    terms = []
+    if n_batch > 0:
+        terms.append(log_q_batch + math.log(n_batch))
+    if n_sampled > 0:
+        terms.append(log_q_sampler + math.log(n_sampled))
+    if not terms:
+        raise ValueError("mixed_log_q: no candidates (n_batch = n_sampled = 0)")
+    return terms[0] if len(terms) == 1 else torch.logaddexp(*terms)
+
+
+class SampledSoftmaxLoss(nn.Module):
+    """Cross-entropy of the positive against the in-batch candidates and the row's sampled negatives.
+
+    Logits are scores / temperature. With `logq_correction`, log Q is subtracted from every logit — the
+    in-batch candidates (`cand_logq`), the sampled negatives (`neg_logq`) and the target (`pos_logq`) — so the
+    sampled softmax estimates the full softmax (`mixed_log_q` says which Q). In-batch columns holding the
+    row's own positive item (its own column and duplicates), and sampled negatives equal to it (accidental
+    hits), are masked out; the target is column 0.
     """
 
     def __init__(self, temperature: float = 1.0, in_batch: bool = True, logq_correction: bool = True):
@@ -78,20 +121,22 @@ class SampledSoftmaxLoss(nn.Module):
 
     def forward(self, s: Scores) -> Tensor:
         t = self.temperature
+        correct = self.logq_correction
         pos = s.pos / t
-        if self.in_batch and s.in_batch is not None and self.logq_correction and s.pos_logq is not None:
-            # the target is one of the in-batch columns, so it gets the same correction (Yi et al., RecSys 2019)
+        if correct and s.pos_logq is not None:
             pos = pos - s.pos_logq
         columns = [pos.unsqueeze(1)]  # (B, 1): the target, column 0
         if self.in_batch and s.in_batch is not None:
+            items = s.pos_items if s.cand_items is None else s.cand_items
+            logq = s.pos_logq if s.cand_logq is None else s.cand_logq
             logits = s.in_batch / t
-            if self.logq_correction and s.pos_logq is not None:
-                logits = logits - s.pos_logq.unsqueeze(0)
-            same = s.pos_items.unsqueeze(1) == s.pos_items.unsqueeze(0)  # includes the diagonal (the target)
+            if correct and logq is not None:
+                logits = logits - logq.unsqueeze(0)
+            same = s.pos_items.unsqueeze(1) == items.unsqueeze(0)  # the row's own column and its duplicates
             columns.append(logits.masked_fill(same, float("-inf")))
         if s.neg is not None:
             logits = s.neg / t
-            if self.logq_correction and s.neg_logq is not None:
+            if correct and s.neg_logq is not None:
                 logits = logits - s.neg_logq
             if s.neg_items is not None:
                 logits = logits.masked_fill(s.neg_items == s.pos_items.unsqueeze(1), float("-inf"))

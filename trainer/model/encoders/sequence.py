@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.encoders.base import SourceEncoder
+from trainer.model.encoders.base import SourceEncoder
 
 
 class SequenceEncoder(nn.Module):

@@ -16,13 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from data_modules.side import SideData
-from trainer.builder import build_objective, build_two_tower
-from trainer.config import LossConfig, ModelConfig
-from trainer.encoders.text import USE_TEXT_CACHE, TextEncoder
-from trainer.losses import Scores
-from trainer.metrics import RankingAccumulator, RatingAccumulator
-from trainer.optim import OptimConfig, param_groups, warmup_cosine
-from trainer.text_cache import build_sharded, load_or_build
+from trainer.engine.collectives import gather_rows
+from trainer.engine.dataset_guard import KEY as DATASET_KEY
+from trainer.engine.dataset_guard import check_dataset, dataset_identity
+from trainer.engine.metrics import RankingAccumulator, RatingAccumulator
+from trainer.engine.optim import OptimConfig, param_groups, warmup_cosine
+from trainer.engine.text_cache import build_sharded, load_or_build
+from trainer.model.builder import build_objective, build_two_tower
+from trainer.model.config import LossConfig, ModelConfig
+from trainer.model.encoders.text import USE_TEXT_CACHE, TextEncoder
+from trainer.model.losses import Scores, mixed_log_q
 
 log = logging.getLogger("fusionrec.module")
 
@@ -36,7 +39,7 @@ def _as(cls: type, value: Any) -> Any:
 
 class FusionModule(pl.LightningModule):
     """Args:
-        model: which sources, fusion head, sizes (trainer/config.py).
+        model: which sources, fusion head, sizes (trainer/model/config.py).
         loss: objectives and weights.
         optim: learning rates (separate for the text backbone), weight decay, warmup + cosine.
         metrics_k: cut-offs K for Recall / NDCG / MRR / Hit / Precision @K.
@@ -44,11 +47,13 @@ class FusionModule(pl.LightningModule):
         predict_top_k: items per user written by `fusionrec predict`.
         eval_item_batch: items per chunk when encoding the whole catalog for evaluation.
         cold_start_eval: rank only items without training interactions (the candidates of a cold-start split).
+        allow_dataset_change: load a checkpoint trained on a different prepared dataset (trainer/engine/
+            dataset_guard.py); off by default: a changed split could leak test items.
     """
 
     def __init__(self, model: ModelConfig | None = None, loss: LossConfig | None = None, optim: OptimConfig | None = None,
                  metrics_k: list[int] | None = None, monitor_k: int = 10, predict_top_k: int = 10, eval_item_batch: int = 4096,
-                 cold_start_eval: bool = False):
+                 cold_start_eval: bool = False, allow_dataset_change: bool = False):
         super().__init__()
         self.model_cfg = _as(ModelConfig, model)
         self.loss_cfg = _as(LossConfig, loss)
@@ -58,6 +63,7 @@ class FusionModule(pl.LightningModule):
             raise ValueError(f"monitor_k={monitor_k} must be one of metrics_k={self.metrics_k}")
         self.monitor_k, self.predict_top_k, self.eval_item_batch = monitor_k, predict_top_k, eval_item_batch
         self.cold_start_eval = cold_start_eval
+        self.allow_dataset_change = allow_dataset_change  # a run-time choice, not a hyper-parameter of the model
         self.save_hyperparameters({"model": asdict(self.model_cfg), "loss": asdict(self.loss_cfg), "optim": asdict(self.optim_cfg),
                                    "metrics_k": self.metrics_k, "monitor_k": monitor_k, "predict_top_k": predict_top_k,
                                    "eval_item_batch": eval_item_batch, "cold_start_eval": cold_start_eval})
@@ -83,13 +89,30 @@ class FusionModule(pl.LightningModule):
         self._cache_step = -1  # global step at which the fine-tuning caches were last rebuilt
         # In-batch negatives are the batch's positives, drawn in proportion to training popularity: that is their
         # q for logQ correction (the batch's own `pos_logq` is the *sampler's* probability, uniform by default).
-        pop = torch.as_tensor(np.asarray(side.array("item_popularity")), dtype=torch.float64)
+        pop = torch.as_tensor(np.array(side.array("item_popularity")), dtype=torch.float64)
         self.register_buffer("item_log_pop", torch.log(pop.clamp(min=1) / pop.sum()).float(), persistent=False)
         self.register_buffer("item_cold", pop == 0, persistent=False)
 
     def _vectors(self, out: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None]:
         v, w = out
         return (F.normalize(v, dim=-1) if self.model_cfg.normalize else v), w
+
+    # -- checkpoints know their dataset ------------------------------------------------------------------
+    def _dataset(self) -> dict[str, Any] | None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        side = getattr(dm, "side", None)
+        return dataset_identity(side.manifest, dm.dataset_dir) if side is not None else None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        current = self._dataset()
+        if current is not None:
+            checkpoint[DATASET_KEY] = current
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        current = self._dataset()
+        if current is not None:
+            path = getattr(self._trainer, "ckpt_path", None) or "(loaded checkpoint)"
+            check_dataset(checkpoint.get(DATASET_KEY), current, str(path), self.allow_dataset_change)
 
     # -- training ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -104,8 +127,8 @@ class FusionModule(pl.LightningModule):
             b, n = batch["neg_items"].shape
             neg_ctx = {**ctx, USE_TEXT_CACHE: self.model_cfg.text.cache_negatives}
             neg = self._vectors(t.encode_items(batch["neg_items"].reshape(-1), neg_ctx))[0].view(b, n, -1)
-        batch = {**batch, "pos_logq": self.item_log_pop[batch["item"]]}
-        total, terms = self.objective(Scores.from_vectors(user, pos, neg, batch))
+        candidates, batch = global_candidates(pos, batch, self.item_log_pop)
+        total, terms = self.objective(Scores.from_vectors(user, pos, neg, batch, candidates=candidates))
         bs = batch["user"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         for name, value in terms.items():
@@ -118,13 +141,13 @@ class FusionModule(pl.LightningModule):
 
     def text_counters(self) -> dict[str, float]:
         """Running totals of the text backbones: real tokens, token slots (pads included), model FLOPs (read per
-        step by trainer.callbacks.TrainingMonitor)."""
+        step by trainer.engine.callbacks.TrainingMonitor)."""
         encs = self._text_encoders if self.towers is not None else []
         return {"tokens": float(sum(e.tokens_processed for e in encs)), "slots": float(sum(e.tokens_padded for e in encs)),
                 "flops": float(sum(e.flops_processed for e in encs))}
 
     def _text_caches(self, training: bool, negatives: bool = True) -> None:
-        """Build the text caches that are due, sharded across ranks (trainer/text_cache.py). Frozen: once, loaded
+        """Build the text caches that are due, sharded across ranks (trainer/engine/text_cache.py). Frozen: once, loaded
         from `text.cache_dir` when stored there. lora / full: at each evaluation's first step, and every
         `cache_refresh_every` steps in training. Called inside steps (the strategy's forward: under ZeRO-3 that is
         where the backbone's weights can be gathered); every rank calls it at the same steps."""
@@ -149,8 +172,7 @@ class FusionModule(pl.LightningModule):
         return str(dm.dataset_dir / "text_cache") if dm is not None and hasattr(dm, "dataset_dir") else None
 
     def configure_optimizers(self) -> Any:
-        text_prefixes = tuple(f"{name}.encoders.text" for name in ("towers.user", "towers.item"))
-        opt = torch.optim.AdamW(param_groups(self, self.optim_cfg, text_prefixes))
+        opt = torch.optim.AdamW(param_groups(self, self.optim_cfg, [e.backbone for e in self._text_encoders]))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = warmup_cosine(opt, min(self.optim_cfg.warmup_steps, total // 2), total, self.optim_cfg.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -250,6 +272,32 @@ class FusionModule(pl.LightningModule):
         if gates is not None:
             out["gates"] = gates[keep]
         return out
+
+
+def global_candidates(pos: Tensor, batch: dict[str, Tensor], item_log_pop: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """The in-batch candidates of the *global* batch and one consistent log Q for every logit.
+
+    Positive vectors `pos` (B, D) are gathered from all ranks with gradients (trainer/engine/collectives.py), so
+    each row's softmax sees the same C = global-batch candidates at any world size; log Q follows
+    trainer.model.losses.mixed_log_q: in-batch candidates come from training popularity (`item_log_pop`
+    (n_items,)), sampled negatives from the stream's sampler (the batch's `pos_logq` / `neg_logq` are the
+    sampler's log probabilities of the positive / the negatives). Returns (candidates (C, D), the batch with
+    `cand_items` (C,), `cand_logq` (C,), `pos_logq` (B,) and `neg_logq` (B, N) replaced by mixed log Q).
+    """
+    item, sampler_pos = batch["item"], batch.get("pos_logq")
+    if sampler_pos is None:
+        sampler_pos = torch.full_like(item_log_pop[item], float("-inf"))
+    neg_items = batch.get("neg_items")
+    n_neg = int(neg_items.shape[1]) if neg_items is not None and neg_items.numel() else 0
+    candidates = gather_rows(pos, grad=True)
+    cand_items = gather_rows(item)
+    n_cand = int(cand_items.shape[0])
+    cand_logq = mixed_log_q(item_log_pop[cand_items], gather_rows(sampler_pos), n_cand, n_neg)
+    out = {**batch, "cand_items": cand_items, "cand_logq": cand_logq,
+           "pos_logq": mixed_log_q(item_log_pop[item], sampler_pos, n_cand, n_neg)}
+    if n_neg:
+        out["neg_logq"] = mixed_log_q(item_log_pop[neg_items], batch["neg_logq"], n_cand, n_neg)
+    return candidates, out
 
 
 def _csr(rows: Tensor, cols: Tensor, batch: int) -> tuple[Tensor, Tensor]:

@@ -11,15 +11,15 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import grad_norm
 
-from trainer.flops import mfu, peak_flops
+from trainer.model.flops import mfu, peak_flops
 
 
 class TrainingMonitor(pl.Callback):
     """Logs every `log_every_n_steps`: examples/s and text tokens/s (this rank x world size), time waiting for
     data (the gap between one step's end and the next step's start), total gradient 2-norm, and peak memory
     (CUDA max allocated on GPU; max RSS of the process on CPU). For text backbones: the share of token slots that
-    were padding, model TFLOP/s (trainer/flops.py; this rank's FLOPs x world size), and MFU where the device's
-    peak bf16 rate is known (a GPU in trainer.flops.PEAK_BF16, or $FUSIONREC_PEAK_TFLOPS).
+    were padding, model TFLOP/s (trainer/model/flops.py; this rank's FLOPs x world size), and MFU where the device's
+    peak bf16 rate is known (a GPU in trainer.model.flops.PEAK_BF16, or $FUSIONREC_PEAK_TFLOPS).
 
     Args:
         peak_tflops: peak dense bf16 TFLOP/s of one device, overriding the lookup.

@@ -8,15 +8,15 @@ import numpy as np
 from torch import nn
 
 from data_modules.side import SideData
-from trainer.config import LossConfig, ModelConfig
-from trainer.encoders.graph import GraphEncoder
-from trainer.encoders.id import IdEmbedding
-from trainer.encoders.sequence import SequenceEncoder
-from trainer.encoders.tabular import TabularEncoder
-from trainer.encoders.text import TextEncoder
-from trainer.fusion import AttentionFusion, ConcatMLPFusion, GatedFusion
-from trainer.losses import BCELoss, BPRLoss, MultiObjective, RatingMSELoss, SampledSoftmaxLoss
-from trainer.towers import Tower, TwoTower
+from trainer.model.config import LossConfig, ModelConfig
+from trainer.model.encoders.graph import GraphEncoder
+from trainer.model.encoders.id import IdEmbedding
+from trainer.model.encoders.sequence import SequenceEncoder
+from trainer.model.encoders.tabular import TabularEncoder
+from trainer.model.encoders.text import TextEncoder
+from trainer.model.fusion import AttentionFusion, ConcatMLPFusion, GatedFusion
+from trainer.model.losses import BCELoss, BPRLoss, MultiObjective, RatingMSELoss, SampledSoftmaxLoss
+from trainer.model.towers import Tower, TwoTower
 
 log = logging.getLogger("fusionrec.model")
 # Side arrays are read-only memory maps; the model gets private copies (np.array), because tensors sharing

@@ -33,8 +33,10 @@ from tqdm import tqdm
 from data_modules import layout
 from data_modules.evaluation import RankingEvalSet
 from data_modules.side import SideData
-from trainer.checkpointing import load_weights_only
-from trainer.module import FusionModule
+from trainer.engine.checkpointing import load_weights_only
+from trainer.engine.dataset_guard import KEY as DATASET_KEY
+from trainer.engine.dataset_guard import check_dataset, dataset_identity
+from trainer.engine.module import FusionModule
 
 log = logging.getLogger("fusionrec.export")
 
@@ -48,25 +50,34 @@ def find_run_config(checkpoint: Path) -> Path:
     raise FileNotFoundError(f"no config.yaml next to {checkpoint} or in its parent folder: pass --config RUN.yaml")
 
 
-def load_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
-    """The module's state dict from a Lightning checkpoint file, or from a DeepSpeed checkpoint folder."""
+def load_checkpoint(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(the module's state dict, the checkpoint's `fusionrec_dataset` record or None) from a Lightning checkpoint
+    file or a DeepSpeed checkpoint folder; both read with weights_only loads."""
     if checkpoint.is_dir():
-        from trainer.strategies import consolidate_zero_checkpoint
+        from trainer.engine.strategies import consolidate_zero_checkpoint, zero_client_state
 
-        return consolidate_zero_checkpoint(checkpoint)
-    return load_weights_only(checkpoint)["state_dict"]
+        return consolidate_zero_checkpoint(checkpoint), zero_client_state(checkpoint).get(DATASET_KEY)
+    ckpt = load_weights_only(checkpoint)
+    return ckpt["state_dict"], ckpt.get(DATASET_KEY)
 
 
-def load_model(checkpoint: str | Path, config: str | Path | None = None) -> tuple[FusionModule, dict[str, Any]]:
-    """(model in eval mode with the checkpoint's weights, the run config's `data` section)."""
+def load_model(checkpoint: str | Path, config: str | Path | None = None,
+               allow_dataset_change: bool = False) -> tuple[FusionModule, dict[str, Any]]:
+    """(model in eval mode with the checkpoint's weights, the run config's `data` section). Refuses a run config
+    whose dataset is not the one the checkpoint was trained on (trainer/engine/dataset_guard.py)."""
     checkpoint = Path(checkpoint)
     cfg_path = Path(config) if config else find_run_config(checkpoint)
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg = cfg.get("fit", cfg)  # a config dumped with the subcommand on top
     data = dict(cfg["data"])
     model = FusionModule(**{k: v for k, v in cfg["model"].items() if not k.startswith("_")})
-    model.build_towers(SideData(Path(data["dataset_dir"]).expanduser()), int(data.get("history_len", 50)))
-    model.load_state_dict(load_state_dict(checkpoint), strict=True)
+    dataset_dir = Path(data["dataset_dir"]).expanduser()
+    side = SideData(dataset_dir)
+    state, stored = load_checkpoint(checkpoint)
+    check_dataset(stored, dataset_identity(side.manifest, dataset_dir), str(checkpoint), allow_dataset_change,
+                  override="--allow-dataset-change")
+    model.build_towers(side, int(data.get("history_len", 50)))
+    model.load_state_dict(state, strict=True)
     return model.eval(), data | {"config_path": str(cfg_path)}
 
 
@@ -100,10 +111,11 @@ def _full_state_dict(model: FusionModule) -> dict[str, torch.Tensor]:
     return out
 
 
-def export(checkpoint: str | Path, out: str | Path, config: str | Path | None = None, progress: bool = True) -> Path:
+def export(checkpoint: str | Path, out: str | Path, config: str | Path | None = None, progress: bool = True,
+           allow_dataset_change: bool = False) -> Path:
     checkpoint, out = Path(checkpoint), Path(out)
     steps = tqdm(total=5, desc="export", unit="step", disable=not progress)
-    model, data = load_model(checkpoint, config)
+    model, data = load_model(checkpoint, config, allow_dataset_change)
     dataset_dir = Path(data["dataset_dir"]).expanduser()
     steps.update()
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from data_modules.pretrained import resolve_pretrained
-from trainer.flops import backward_multiplier, hf_shape
+from trainer.model.flops import backward_multiplier, hf_shape
 
 Pooling = Literal["mean", "cls", "last"]
 USE_TEXT_CACHE = "use_text_cache"  # ctx key: encode these ids from the cache, not live (negatives)
@@ -85,7 +85,7 @@ class TextEncoder(nn.Module):
         self.length_buckets = int(length_buckets)
         self.tokens_processed = 0  # real tokens through the backbone
         self.tokens_padded = 0  # token slots through the backbone, pads included
-        self.flops_processed = 0.0  # model FLOPs (trainer/flops.py)
+        self.flops_processed = 0.0  # model FLOPs (trainer/model/flops.py)
         self.show_progress = show_progress
         kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
         if dtype is not None:
@@ -249,7 +249,7 @@ class TextEncoder(nn.Module):
     def forward(self, ids: Tensor, ctx: Mapping[str, Any] | None = None) -> Tensor:
         """(B,) -> (B, dim). Frozen mode reads the cache (built on first use). In lora / full mode the backbone
         runs live, except where the cache may serve: without gradients (evaluation) or when the caller marks
-        the ids as negatives (`ctx[USE_TEXT_CACHE]`), provided a cache has been built (see trainer/text_cache.py)."""
+        the ids as negatives (`ctx[USE_TEXT_CACHE]`), provided a cache has been built (see trainer/engine/text_cache.py)."""
         cached = self.mode == "frozen" or (
             self.cache is not None and (not torch.is_grad_enabled() or bool((ctx or {}).get(USE_TEXT_CACHE)))
         )

@@ -45,7 +45,7 @@ NAMES = (
     "deepspeed_stage_3",
     "deepspeed_stage_3_offload",
 )
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 
 
 def build_strategy(name: str, deepspeed_config: str | None = None) -> Strategy | str | None:
@@ -171,3 +171,13 @@ def consolidate_zero_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     state = get_fp32_state_dict_from_zero_checkpoint(str(path))
     prefix = "_forward_module."
     return {k.removeprefix(prefix): v for k, v in state.items()}
+
+
+def zero_client_state(path: str | Path) -> dict[str, Any]:
+    """What Lightning saved beside the weights of a DeepSpeed checkpoint folder (hyper-parameters, loop state,
+    `fusionrec_dataset`), read with the same weights_only load as a resume."""
+    files = sorted(Path(path).glob("*/mp_rank_00_model_states.pt")) or sorted(Path(path).glob("mp_rank_00_model_states.pt"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no mp_rank_00_model_states.pt inside (not a DeepSpeed checkpoint folder?)")
+    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+        return torch.load(files[0], map_location="cpu", weights_only=True)

@@ -1,0 +1,1 @@
+"""The training engine: the LightningModule, optimizer groups, strategies, callbacks, checkpoints, text caches."""

@@ -1,0 +1,1 @@
+"""What turns a checkpoint into outputs: export, predictions."""
