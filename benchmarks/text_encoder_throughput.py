@@ -70,9 +70,9 @@ def worker(a: argparse.Namespace) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
     import deepspeed
 
+    from trainer.engine.strategies import _without_shm_comm_op, load_deepspeed_config
     from trainer.model.encoders.text import TextEncoder
     from trainer.model.flops import peak_flops
-    from trainer.engine.strategies import _without_shm_comm_op, load_deepspeed_config
 
     with _without_shm_comm_op():
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")

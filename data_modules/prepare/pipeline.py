@@ -117,6 +117,8 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> PrepareResult:
         "items": len(items),
         "density": len(inter) / (len(users) * len(items)),
         "rating_mean": float(inter["rating"].mean()) if "rating" in inter.columns else None,
+        # the rating head's starting global bias: training rows only (valid / test ratings stay unseen)
+        "train_rating_mean": _nan_none(inter["rating"][part == TRAIN].mean()) if "rating" in inter.columns else None,
         "items_without_training_interactions": int((side["item_popularity"] == 0).sum()),
     }
     split_sizes = {name: int((part == code).sum()) for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))}
@@ -189,3 +191,7 @@ def _text(cfg: PrepareConfig, tables: Any, inter: pd.DataFrame, part: np.ndarray
         side["user_text_offsets"], side["user_text_ids"] = offs, ids
         info["user"]["example"] = user_texts[0][:200] if user_texts else ""
     return info
+
+
+def _nan_none(x: float) -> float | None:
+    return None if x != x else float(x)  # NaN (no rated training row) -> None

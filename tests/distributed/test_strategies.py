@@ -136,7 +136,8 @@ def _global_loss(records: list[dict]) -> list[float]:
 def test_two_ranks_train_like_one_process(runs, strategy):
     single, ranked = _global_loss(runs("single")), _global_loss(runs(strategy))
     assert ranked == pytest.approx(single, rel=1e-4), (strategy, ranked, single)
-    assert single[-1] < single[0]  # it does train
+    # no "loss goes down" here: the fixture's ratings are random, so the rating head (which starts at their mean)
+    # has nothing to learn in 5 steps; the softmax test below checks that training makes progress
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed_stage_2"])

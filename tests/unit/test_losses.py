@@ -151,3 +151,19 @@ def test_sampled_softmax_over_gathered_candidates_masks_the_rows_own_item():
     row0 = -(1 - log(0.5)) + log(exp(1) * 2 + exp(0.2) * 4)
     row1 = -(2 - log(0.25)) + log(exp(2) * 4 + exp(0.1) * 2 + exp(0.3) * 2)
     assert SampledSoftmaxLoss()(s).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_rating_head_adds_offsets_and_a_learned_scale_to_the_score():
+    from trainer.model.rating import RatingHead
+
+    head = RatingHead(n_users=3, n_items=2, global_mean=3.5, init_scale=2.0)  # explicit: not the default
+    with torch.no_grad():
+        head.user_bias.weight[1] = 0.25
+        head.item_bias.weight[0] = -0.5
+    got = head(torch.tensor([1, 2]), torch.tensor([0, 1]), torch.tensor([0.5, -1.0]))
+    torch.testing.assert_close(got, torch.tensor([3.5 + 0.25 - 0.5 + 1.0, 3.5 - 2.0]))
+    # a cosine can only move a prediction by +-scale: the head learns its range from the ratings
+    loss = RatingMSELoss()(Scores(pos=torch.zeros(2), pos_items=torch.tensor([0, 1]), rating=torch.tensor([5.0, 1.0]),
+                                  rating_pred=got))
+    loss.backward()
+    assert head.scale.grad is not None and head.global_bias.grad is not None

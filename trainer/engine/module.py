@@ -26,6 +26,7 @@ from trainer.model.builder import build_objective, build_two_tower
 from trainer.model.config import LossConfig, ModelConfig
 from trainer.model.encoders.text import USE_TEXT_CACHE, TextEncoder
 from trainer.model.losses import Scores, mixed_log_q
+from trainer.model.rating import RatingHead
 
 log = logging.getLogger("fusionrec.module")
 
@@ -68,6 +69,7 @@ class FusionModule(pl.LightningModule):
                                    "metrics_k": self.metrics_k, "monitor_k": monitor_k, "predict_top_k": predict_top_k,
                                    "eval_item_batch": eval_item_batch, "cold_start_eval": cold_start_eval})
         self.towers = None
+        self.rating_head: RatingHead | None = None  # built with the towers when a rating objective is used
         self.objective = build_objective(self.loss_cfg)
         self.ranking = RankingAccumulator(self.metrics_k)
         self.rating = RatingAccumulator()
@@ -92,6 +94,11 @@ class FusionModule(pl.LightningModule):
         pop = torch.as_tensor(np.array(side.array("item_popularity")), dtype=torch.float64)
         self.register_buffer("item_log_pop", torch.log(pop.clamp(min=1) / pop.sum()).float(), persistent=False)
         self.register_buffer("item_cold", pop == 0, persistent=False)
+        if "mse" in self.loss_cfg.weights:  # ratings are predicted by a head over the towers' score
+            stats = side.manifest.get("stats") or {}
+            mean = stats.get("train_rating_mean", stats.get("rating_mean")) or 0.0
+            lo_hi = ((side.manifest.get("config") or {}).get("clean") or {}).get("rating_range")
+            self.rating_head = RatingHead(side.n_users, side.n_items, global_mean=float(mean), rating_range=lo_hi)
 
     def _vectors(self, out: tuple[Tensor, Tensor | None]) -> tuple[Tensor, Tensor | None]:
         v, w = out
@@ -128,7 +135,9 @@ class FusionModule(pl.LightningModule):
             neg_ctx = {**ctx, USE_TEXT_CACHE: self.model_cfg.text.cache_negatives}
             neg = self._vectors(t.encode_items(batch["neg_items"].reshape(-1), neg_ctx))[0].view(b, n, -1)
         candidates, batch = global_candidates(pos, batch, self.item_log_pop)
-        total, terms = self.objective(Scores.from_vectors(user, pos, neg, batch, candidates=candidates))
+        rating_pred = self._rating(batch["user"], batch["item"], (user * pos).sum(-1))
+        scores = Scores.from_vectors(user, pos, neg, batch, rating_pred=rating_pred, candidates=candidates)
+        total, terms = self.objective(scores)
         bs = batch["user"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         for name, value in terms.items():
@@ -211,20 +220,25 @@ class FusionModule(pl.LightningModule):
         ctx = {**self._eval_ctx, **batch}
         user, gates = self._vectors(self.towers.encode_users(batch["user"], ctx))
         scores = user @ self._item_table.T  # (B, n_items)
+        rows, cols = batch["target_rows"], batch["target_cols"]
+        if self.rating_head is not None:
+            self.rating.update(self._rating(batch["user"][rows], cols, scores[rows, cols]), batch["target_ratings"])
         if self.cold_start_eval:
             scores = scores.masked_fill(~self.item_cold, float("-inf"))
         b = scores.shape[0]
-        relevant = _csr(batch["target_rows"], batch["target_cols"], b)
+        relevant = _csr(rows, cols, b)
         seen = _csr(batch["seen_rows"], batch["seen_cols"], b)
         self.ranking.update(scores, relevant, seen)
-        if "mse" in self.loss_cfg.weights:
-            self.rating.update(scores[batch["target_rows"], batch["target_cols"]], batch["target_ratings"])
         return scores, gates
+
+    def _rating(self, users: Tensor, items: Tensor, score: Tensor) -> Tensor | None:
+        """Predicted ratings (B,) from the towers' scores (B,), or None without a rating objective."""
+        return None if self.rating_head is None else self.rating_head(users, items, score)
 
     def _end_eval(self, prefix: str) -> None:
         sums, count = self.ranking.state()
         metrics = self.ranking.compute(*self._reduce(sums, count))
-        if "mse" in self.loss_cfg.weights:
+        if self.rating_head is not None:
             metrics.update(self.rating.compute(*self._reduce(*self.rating.state())))
         metrics["ndcg"] = metrics[f"ndcg@{self.monitor_k}"]
         # already reduced across ranks: every rank logs the same numbers

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
-from torch import nn
+from torch import Tensor, nn
 
 from data_modules.side import SideData
 from trainer.model.config import LossConfig, ModelConfig
@@ -13,7 +15,7 @@ from trainer.model.encoders.graph import GraphEncoder
 from trainer.model.encoders.id import IdEmbedding
 from trainer.model.encoders.sequence import SequenceEncoder
 from trainer.model.encoders.tabular import TabularEncoder
-from trainer.model.encoders.text import TextEncoder
+from trainer.model.encoders.text import USE_TEXT_CACHE, TextEncoder
 from trainer.model.fusion import AttentionFusion, ConcatMLPFusion, GatedFusion
 from trainer.model.losses import BCELoss, BPRLoss, MultiObjective, RatingMSELoss, SampledSoftmaxLoss
 from trainer.model.towers import Tower, TwoTower
@@ -26,16 +28,21 @@ log = logging.getLogger("fusionrec.model")
 def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> TwoTower:
     """User tower: id, tabular, text, sequence, graph; item tower: id, tabular, text, graph — each only when both
     asked for in `cfg.sources` and present in the data (a skipped source is logged, never silent)."""
-    want = set(cfg.sources)
+    want_item = set(cfg.sources)
+    want_user = set(cfg.user_sources if cfg.user_sources is not None else cfg.sources)
+    want = want_item | want_user
     d = cfg.dim
     users: dict[str, nn.Module] = {}
     items: dict[str, nn.Module] = {}
     item_ids = IdEmbedding(side.n_items, d, name="id")
-    if "id" in want:
+    if "id" in want_user:
         users["id"] = IdEmbedding(side.n_users, d, name="id")
+    if "id" in want_item:
         items["id"] = item_ids
     if "tabular" in want:
-        for ent, out in (("user", users), ("item", items)):
+        for ent, out, on in (("user", users, "tabular" in want_user), ("item", items, "tabular" in want_item)):
+            if not on:
+                continue
             enc = _tabular(side, ent, d)
             if enc is not None:
                 out["tabular"] = enc
@@ -43,7 +50,7 @@ def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> 
                 log.info("no %s fields in the data: %s tower has no tabular source", ent, ent)
     if "text" in want:
         t = cfg.text
-        for ent, out, on in (("item", items, True), ("user", users, t.user_text)):
+        for ent, out, on in (("item", items, "text" in want_item), ("user", users, t.user_text and "text" in want_user)):
             info = side.text_info(ent)
             if not on:
                 continue
@@ -56,10 +63,13 @@ def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> 
                 lora_target_modules=t.lora_target_modules, gradient_checkpointing=t.gradient_checkpointing,
                 max_length=t.max_length, pad_token_id=info.get("pad_token_id"), padding_side=t.padding_side, dtype=t.dtype,
                 length_buckets=t.length_buckets, name=f"{ent} text")
-    if "sequence" in want:
+    sequence = None
+    if "sequence" in want_user:
         s = cfg.sequence
-        users["sequence"] = SequenceEncoder(item_ids, d, n_layers=s.layers, n_heads=s.heads, max_len=history_len,
-                                            dropout=s.dropout, name="sequence")
+        # item_tower: the encoder is given the item tower once it exists (below); id: the item id table
+        sequence = SequenceEncoder(item_ids if s.item_repr == "id" else _Deferred(d), d, n_layers=s.layers,
+                                   n_heads=s.heads, max_len=history_len, dropout=s.dropout, name="sequence")
+        users["sequence"] = sequence
     graph = None
     if "graph" in want:
         g = cfg.graph
@@ -67,13 +77,43 @@ def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> 
         social = np.array(side.array("graph_social")) if g.social and side.has("graph_social") else None
         kg = np.array(side.array("graph_kg")) if g.kg and side.has("graph_kg") else None
         graph = GraphEncoder(side.n_users, side.n_items, tu, ti, d, n_layers=g.layers, social=social, kg=kg)
-        users["graph"], items["graph"] = graph.user_view(), graph.item_view()
+        if "graph" in want_user:
+            users["graph"] = graph.user_view()
+        if "graph" in want_item:
+            items["graph"] = graph.item_view()
         log.info("graph source: %d nodes (social edges: %s, kg edges: %s)", graph.n_nodes,
                  0 if social is None else len(social), 0 if kg is None else len(kg))
     if not users or not items:
         raise ValueError(f"model.sources={cfg.sources} leaves a tower empty (user: {list(users)}, item: {list(items)})")
     log.info("user tower sources: %s; item tower sources: %s; fusion: %s", list(users), list(items), cfg.fusion)
-    return TwoTower(Tower(users, _fusion(cfg, users)), Tower(items, _fusion(cfg, items)), side.n_items, graph=graph)
+    item_tower = Tower(items, _fusion(cfg, items))
+    if sequence is not None and cfg.sequence.item_repr == "item_tower":
+        sequence.item_embedding = ItemTowerView(item_tower)
+        log.info("sequence source: history items represented by the item tower (%s)", list(items))
+    return TwoTower(Tower(users, _fusion(cfg, users)), item_tower, side.n_items, graph=graph)
+
+
+class ItemTowerView(nn.Module):
+    """The item tower as a source encoder of history items: `forward(ids (M,), ctx) -> (M, D)` fused vectors,
+    so a sequence over items speaks the item tower's language (text, attributes, ids), as text-based
+    sequential recommenders (UniSRec, RecFormer) represent items by their text."""
+
+    def __init__(self, tower: Tower):
+        super().__init__()
+        self.tower = tower
+        self.out_dim = tower.out_dim
+
+    def forward(self, ids: Tensor, ctx: Mapping[str, Any] | None = None) -> Tensor:
+        # history items are many (B x L): their text always comes from the cache (live only for positives)
+        return self.tower(ids, {**(ctx or {}), USE_TEXT_CACHE: True})[0]
+
+
+class _Deferred(nn.Module):
+    """Placeholder with the item tower's size until the tower is built (replaced in build_two_tower)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.out_dim = dim
 
 
 def _tabular(side: SideData, ent: str, d: int) -> TabularEncoder | None:

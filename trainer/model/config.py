@@ -58,6 +58,8 @@ class SequenceSourceConfig:
     """(int) attention heads; must divide `dim`."""
     dropout: float = 0.2
     """(float) dropout inside the transformer."""
+    item_repr: Literal["id", "item_tower"] = "id"
+    """(str) how history items are represented: id (the item id table, SASRec) | item_tower (the item tower's fused vector: text and attributes too, so history items without a learned id still mean something)."""
 
 
 @dataclass
@@ -80,6 +82,8 @@ class ModelConfig:
     """(int) size of every source vector and of the fused user / item vectors."""
     sources: list[str] = field(default_factory=lambda: ["id", "tabular", "text", "sequence", "graph"])
     """(list) sources to use, from id | tabular | text | sequence (user tower only) | graph; unavailable ones are skipped with a log line."""
+    user_sources: list[str] | None = None
+    """(list) the user tower's sources when they differ from `sources`, e.g. [sequence]: the user *is* their history (SASRec-style; no user id to over-fit the validation target); null = `sources`."""
     fusion: Literal["gated", "concat", "attention"] = "gated"
     """(str) gated weighted sum (gates logged) | concat + MLP | attention over source tokens."""
     source_dropout: dict[str, float] = field(default_factory=dict)
@@ -98,6 +102,8 @@ class ModelConfig:
         bad = set(self.sources) - {"id", "tabular", "text", "sequence", "graph"}
         if bad or not self.sources:
             raise ValueError(f"model.sources={self.sources}: expected a non-empty subset of id, tabular, text, sequence, graph")
+        if self.user_sources is not None and (set(self.user_sources) - {"id", "tabular", "text", "sequence", "graph"} or not self.user_sources):
+            raise ValueError(f"model.user_sources={self.user_sources}: expected null or a non-empty subset of id, tabular, text, sequence, graph")
         if self.dim <= 0:
             raise ValueError(f"model.dim={self.dim}: expected > 0")
         for name, rate in self.source_dropout.items():

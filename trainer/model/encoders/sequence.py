@@ -22,7 +22,7 @@ class SequenceEncoder(nn.Module):
     position; a row with an empty history gets a learned "no history" vector instead.
 
     Args:
-        item_embedding: source encoder of items, called as `item_embedding(ids (M,), {}) -> (M, E)`.
+        item_embedding: source encoder of items, called as `item_embedding(ids (M,), ctx) -> (M, E)`.
         dim: model and output size (a Linear maps E -> dim when they differ).
         n_layers, n_heads, dropout: transformer shape.
         max_len: longest history used; longer ones keep their most recent `max_len` items.
@@ -66,7 +66,7 @@ class SequenceEncoder(nn.Module):
         b, length = history.shape
         if length == 0:
             return self.no_history.expand(b, -1)
-        items = self.item_embedding(history.reshape(-1), {}).reshape(b, length, -1)
+        items = self.item_embedding(history.reshape(-1), ctx).reshape(b, length, -1)
         recency = torch.arange(length - 1, -1, -1, device=history.device)  # (L,): 0 = most recent
         x = self.dropout(self.input_proj(items) + self.positions(recency))
         x = x * valid.unsqueeze(-1).to(x.dtype)

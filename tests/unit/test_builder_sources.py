@@ -1,0 +1,72 @@
+"""Per-tower sources and history items represented by the item tower (the sequential, text-rich setting).
+
+Built on the tiny fixture prepared for real (MiniLM text, attributes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_modules.side import SideData
+from trainer.model.builder import ItemTowerView, build_two_tower
+from trainer.model.config import ModelConfig
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def side(tmp_path_factory) -> SideData:
+    out = tmp_path_factory.mktemp("builder") / "tiny"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    p = subprocess.run([sys.executable, "-m", "trainer.cli", "data", "prepare", "configs/data/tiny.yaml", "--out", str(out)],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return SideData(out)
+
+
+def _batch(b: int = 3, length: int = 4) -> dict[str, torch.Tensor]:
+    history = torch.tensor([[1, 2, 3, 4], [0, 0, 5, 6], [0, 0, 0, 0]])
+    mask = torch.tensor([[True] * 4, [False, False, True, True], [False] * 4])
+    return {"history": history[:b, :length], "history_mask": mask[:b, :length]}
+
+
+def test_user_is_their_history_without_a_user_id(side):
+    cfg = ModelConfig(dim=16, sources=["id", "text", "sequence"], user_sources=["sequence"],
+                      text={"max_length": 16}, sequence={"layers": 1, "heads": 2, "item_repr": "item_tower"})
+    towers = build_two_tower(cfg, side, history_len=4)
+    assert towers.user.names == ["sequence"] and towers.item.names == ["id", "text"]
+    seq = towers.user.encoders["sequence"]
+    assert isinstance(seq.item_embedding, ItemTowerView) and seq.item_embedding.tower is towers.item
+    assert towers.user.encoders["sequence"].input_proj.__class__.__name__ == "Identity"
+    vec, _ = towers.encode_users(torch.tensor([0, 1, 2]), towers.context(_batch()))
+    assert vec.shape == (3, 16) and torch.isfinite(vec).all()
+    # the history is read through the item tower: its text projection gets gradients from the user side
+    vec.sum().backward()
+    assert towers.item.encoders["text"].proj.weight.grad.abs().sum() > 0
+    assert "id" not in towers.user.encoders  # no user-id table at all
+
+
+def test_text_and_sequence_without_ids(side):
+    cfg = ModelConfig(dim=16, sources=["text", "sequence"], text={"max_length": 16},
+                      sequence={"layers": 1, "heads": 2, "item_repr": "item_tower"})
+    towers = build_two_tower(cfg, side, history_len=4)
+    assert towers.user.names == ["sequence"] and towers.item.names == ["text"]
+    assert not any("id.embedding" in n for n, _ in towers.named_parameters())
+
+
+def test_default_sequence_reads_the_item_id_table(side):
+    towers = build_two_tower(ModelConfig(dim=16, sources=["id", "sequence"], sequence={"layers": 1, "heads": 2}), side,
+                             history_len=4)
+    assert towers.user.names == ["id", "sequence"]
+    assert towers.user.encoders["sequence"].item_embedding is towers.item.encoders["id"]
+
+
+def test_bad_user_sources_are_rejected():
+    with pytest.raises(ValueError, match="user_sources"):
+        ModelConfig(user_sources=["ids"])
