@@ -31,13 +31,28 @@
 # command, so that command must decide to resume, not this script's first run. torchrun therefore runs this very
 # script once per rank (`--no-python bash torchrun.sh --worker ...`), which execs `python -m trainer.cli`. On a
 # restart (TORCHELASTIC_RESTART_COUNT > 0) of `fit`, it appends --ckpt_path with the newest last*.ckpt under
-# RUN_DIR written since this launch (an explicit path: `--ckpt_path last` only looks in the new logger version's
-# folder); appended last, it supersedes a --ckpt_path in the arguments, which would replay the progress since.
+# RUN_DIR written since this launch, a file or a DeepSpeed checkpoint folder (an explicit path: `--ckpt_path last`
+# only looks in the new logger version's folder); appended last, it supersedes a --ckpt_path in the arguments,
+# which would replay the progress since.
 # Only on restarts, and only this launch's checkpoints: a fresh launch does what its arguments say (resubmission
 # resumes with launch/slurm.sbatch, or pass --ckpt_path), and a run dir reused from an older job is never resumed.
 # Needs a ModelCheckpoint with save_last (the configs have one); all ranks read the same file, as nothing writes
 # while the group is down (several nodes: RUN_DIR on a shared filesystem).
 set -euo pipefail
+# The newest checkpoint under $1 (optionally only those completed after unix time $2): a Lightning checkpoint file,
+# or a DeepSpeed checkpoint folder (ZeRO saves `last.ckpt` / `hpc_ckpt_N.ckpt` as a folder whose `latest` file names
+# its tag subfolder; `latest` is written after the shards, so its time is when the checkpoint was complete).
+newest_checkpoint() {
+  local newer=()
+  if [ -n "${2:-}" ]; then newer=(-newermt "@$2"); fi
+  find "$1" -type f ${newer[@]+"${newer[@]}"} \( \( \( -name 'last*.ckpt' -o -name 'hpc_ckpt_*.ckpt' \) -printf '%T@ %p\n' \) \
+       -o \( -name latest -printf '%T@ %h\n' \) \) 2>/dev/null \
+    | while read -r t p; do
+        case "${p##*/}" in last*.ckpt|hpc_ckpt_*.ckpt) ;; *) continue ;; esac
+        if [ -d "$p" ] && ! [ -d "$p/$(head -n 1 "$p/latest")" ]; then continue; fi
+        echo "$t $p"
+      done | sort -rn | head -n 1 | cut -d' ' -f2-
+}
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}"
 
@@ -55,8 +70,7 @@ if [ "$1" = --worker ]; then  # one rank, started (or restarted) by torchrun; se
   done
   RUN_DIR="${RUN_DIR:-${ARG_ROOT:-runs/$(basename "${CONFIG%.*}")}}"
   if [ "$1" = fit ] && [ "${TORCHELASTIC_RESTART_COUNT:-0}" -gt 0 ]; then
-    RESUME=$(find "$RUN_DIR" -type f -name 'last*.ckpt' -newermt "@${FUSIONREC_LAUNCHED:-0}" \
-             -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -n 1 | cut -d' ' -f2-) || true
+    RESUME=$(newest_checkpoint "$RUN_DIR" "${FUSIONREC_LAUNCHED:-0}") || true
     MSG="torchrun.sh: rank ${RANK:-?}, restart $TORCHELASTIC_RESTART_COUNT:"
     if [ -n "$RESUME" ]; then echo "$MSG resuming with --ckpt_path $RESUME" >&2; set -- "$@" --ckpt_path "$RESUME"
     else echo "$MSG no checkpoint of this launch in $RUN_DIR; starting over" >&2; fi
