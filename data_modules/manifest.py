@@ -18,7 +18,26 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
     m = json.loads(path.read_text(encoding="utf-8"))
     if m.get("layout_version") != layout.LAYOUT_VERSION:
         raise DataError(f"layout_version {m.get('layout_version')} but this fusionrec reads {layout.LAYOUT_VERSION}: re-prepare", path=path)
+    check_paths(root, m, path)
     return m
+
+
+def check_paths(root: str | Path, manifest: dict[str, Any], path: str | Path) -> None:
+    """Refuse a manifest that names a file outside its dataset folder: a shard path that is absolute, climbs with
+    `..` or resolves (through a link) elsewhere, or a side array name that is not a plain file name. A dataset
+    copied from an untrusted place must not make the loader read (or the checksum step hash) arbitrary files."""
+    inside = Path(root).resolve()
+    for split, shards in (manifest.get("shards") or {}).items():
+        for s in shards:
+            rel = str(s.get("path", ""))
+            target = (inside / rel).resolve()
+            if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts or not target.is_relative_to(inside):
+                raise DataError(f"{split} shard path {rel!r} is outside the dataset folder {inside}: refused "
+                                "(a manifest names files relative to its own folder)", path=path)
+    for name in manifest.get("side") or {}:
+        if not name or Path(name).name != name or name in (".", "..") or "\\" in name:
+            raise DataError(f"side array name {name!r} is not a plain file name inside {inside / layout.SIDE}: "
+                            "refused", path=path)
 
 
 def verify_checksums(root: str | Path, manifest: dict[str, Any]) -> None:

@@ -164,20 +164,55 @@ def _without_shm_comm_op() -> Generator[None, None, None]:
 
 def consolidate_zero_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The full fp32 state dict of a DeepSpeed ZeRO checkpoint folder (what Lightning saves under DeepSpeed), with
-    the LightningModule's own key names (Lightning's `_forward_module.` wrapper prefix removed)."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    the LightningModule's own key names (Lightning's `_forward_module.` wrapper prefix removed).
 
-    state = get_fp32_state_dict_from_zero_checkpoint(str(path))
+    DeepSpeed's `zero_to_fp32` merges the shards but reads them with `torch.load(weights_only=False)`; here every
+    load it makes goes through the same weights-only load as a resume, so a folder from an untrusted place cannot
+    run code (pickle's error names the refused type instead)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+    from deepspeed.utils import zero_to_fp32
+
+    with _weights_only_loads_in(zero_to_fp32):
+        state = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(path))
     prefix = "_forward_module."
     return {k.removeprefix(prefix): v for k, v in state.items()}
 
 
+class _WeightsOnlyTorch:
+    """`torch` as a module sees it, except that `torch.load` is always a weights-only load with DeepSpeed's types
+    allowed (a `weights_only=False` argument is overridden, not obeyed)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def load(f: Any, map_location: Any = None, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+            return torch.load(f, map_location=map_location, **kwargs)
+
+
+@contextmanager
+def _weights_only_loads_in(module: Any) -> Generator[None, None, None]:
+    """Swap `module`'s `torch` for `_WeightsOnlyTorch` (only that module's loads change; torch itself does not)."""
+    original = module.torch
+    module.torch = _WeightsOnlyTorch()
+    try:
+        yield
+    finally:
+        module.torch = original
+
+
 def zero_client_state(path: str | Path) -> dict[str, Any]:
     """What Lightning saved beside the weights of a DeepSpeed checkpoint folder (hyper-parameters, loop state,
-    `fusionrec_dataset`), read with the same weights_only load as a resume."""
-    files = sorted(Path(path).glob("*/mp_rank_00_model_states.pt")) or sorted(Path(path).glob("mp_rank_00_model_states.pt"))
+    `fusionrec_dataset`), read with the same weights_only load as a resume. Rank 0's model states hold it:
+    `mp_rank_00_model_states.pt` (ZeRO-1/2) or `zero_pp_rank_0_mp_rank_00_model_states.pt` (ZeRO-3), in the tag
+    folder named by `latest` (else any tag folder, or the folder itself)."""
+    root = Path(path)
+    latest = root / "latest"
+    tags = [root / latest.read_text().strip()] if latest.is_file() else [*sorted(root.glob("*/")), root]
+    names = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+    files = [t / n for t in tags for n in names if (t / n).is_file()]
     if not files:
-        raise FileNotFoundError(f"{path}: no mp_rank_00_model_states.pt inside (not a DeepSpeed checkpoint folder?)")
-    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
-        return torch.load(files[0], map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{path}: no {' or '.join(names)} inside (not a DeepSpeed checkpoint folder?)")
+    return _WeightsOnlyTorch.load(files[0], map_location="cpu")

@@ -12,7 +12,7 @@ Scores are `user_embeddings @ item_embeddings.T`, the same numbers evaluation ra
 
 The model is rebuilt from the run config (Lightning's `config.yaml` in the checkpoint's log folder, or `--config`)
 and the prepared dataset it names; weights load with `torch.load(weights_only=True)`; a DeepSpeed ZeRO checkpoint
-folder is consolidated to fp32 first.
+folder (ZeRO-1/2/3) is consolidated to fp32 first, its shards read with the same weights-only load.
 """
 
 from __future__ import annotations
