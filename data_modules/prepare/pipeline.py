@@ -36,7 +36,7 @@ log = logging.getLogger("fusionrec.prepare")
 # Rules that mean a row was malformed; only these count towards clean.max_bad_fraction. Other rules (duplicates,
 # k-core, thresholds, edges outside the catalog) are intended cleaning: counted and reported, never an error.
 BAD_ROW_RULES = ("bad_json", "invalid_utf8", "missing_field", "non_numeric_rating", "rating_out_of_range", "missing_id",
-                 "malformed_row", "bad_timestamp")
+                 "malformed_row", "broken_quoting", "bad_timestamp")
 
 
 @dataclass

@@ -6,12 +6,18 @@ Row numbers reported in quarantine samples and errors are 1-based *line numbers 
 
 from __future__ import annotations
 
+import bz2
 import csv
 import gzip
 import io
+import json
 import logging
-from collections.abc import Iterable
+import lzma
+import re
+import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,40 +55,272 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], path: Path) -> pd.
     return df
 
 
+# compression is recognised by content, never by name: a `.gz` name over plain text reads, a gzipped `.csv` too
+MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+# what a truncated or corrupt compressed stream raises while it is read (gzip.BadGzipFile is an OSError)
+STREAM_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
+MAX_RECORD_LINES = 1000  # a quoted CSV field may span lines; an unterminated quote may not swallow more than this
+RAW = 500  # characters of a rejected line kept in its quarantine sample
+SURROGATE = re.compile("[\udc80-\udcff]")
+
+
+def compression(path: Path) -> str | None:
+    """`gzip` | `bz2` | `xz` | `zstd` from the file's first bytes, or None for an uncompressed file."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return next((kind for magic, kind in MAGIC.items() if head.startswith(magic)), None)
+
+
 def open_bytes(path: Path) -> io.BufferedIOBase:
-    """Open a file for binary reading, transparently un-gzipping `*.gz`."""
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # type: ignore[return-value]
+    """Open a file for binary reading, decompressing gzip / bz2 / xz (recognised by content, not by extension)."""
+    kind = compression(path)
+    if kind == "zstd":
+        raise DataError("zstd-compressed: decompress it first (`zstd -d`); fusionrec reads plain, gzip, bz2 and xz files",
+                        path=path)
+    opener = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}.get(kind or "", open)
+    return opener(path, "rb")  # type: ignore[return-value]
+
+
+def read_bytes(path: Path) -> bytes:
+    """The whole (decompressed) content; a truncated or corrupt compressed file is a DataError naming the file and
+    how far it could be read (decompressed byte offset and line)."""
+    chunks: list[bytes] = []
+    with open_bytes(path) as f:
+        try:
+            while chunk := f.read(1 << 16):
+                chunks.append(chunk)
+        except STREAM_ERRORS as e:
+            done = sum(map(len, chunks))
+            line = sum(c.count(b"\n") for c in chunks) + 1
+            raise DataError(f"{compression(path) or 'file'} data truncated or corrupt after decompressed byte {done} "
+                            f"(line {line}): {e}", path=path) from e
+    return b"".join(chunks)
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Stream (1-based line number, raw line) of a possibly compressed file; a truncated or corrupt stream is a
+    DataError naming the file and the last line read."""
+    line_no = 0
+    with open_bytes(path) as f:
+        try:
+            for line_no, raw in enumerate(f, start=1):  # noqa: B007 (line_no is reported on error)
+                yield line_no, raw
+        except STREAM_ERRORS as e:
+            raise DataError(f"{compression(path) or 'file'} data truncated or corrupt after line {line_no}: {e}",
+                            path=path) from e
 
 
 def read_delimited(
-    path: Path, sep: str, *, header: bool = True, names: list[str] | None = None, encoding: str = "utf-8"
+    path: Path,
+    sep: str,
+    q: Quarantine,
+    *,
+    header: bool = True,
+    names: list[str] | None = None,
+    encoding: str = "utf-8",
+    quoting: bool = False,
 ) -> pd.DataFrame:
     """Read a delimited file as strings (ids stay strings; numeric columns are converted by the caller).
 
-    Quoting is off: the public formats read here never quote, and a stray `"` in a title must not
-    swallow the following lines. A multi-character `sep` (MovieLens `::`) is rewritten to a tab first
-    so that the fast C parser can be used on million-row files.
+    A row that cannot be read is quarantined with its line and raw text, never a failure of the whole file:
+    `malformed_row` (number of fields differs from the header / `names`), `broken_quoting` (quoting on: a quote
+    that does not close within MAX_RECORD_LINES lines, or text after a closing quote), `invalid_utf8` (bytes not in
+    `encoding`). Blank lines are not rows. An empty file, or a header without rows, is a DataError naming it.
+    `quoting=False` (the public formats read here never quote, and a stray `"` in a title must not swallow the
+    following lines) or CSV quoting (`"a, b"`, `""` inside quotes, fields spanning lines).
+    The frame's index + (2 with a header, else 1) is each row's line in the file, as `numeric_column` expects.
     """
-    kw = {
-        "dtype": str,
-        "keep_default_na": False,
-        "na_values": [""],
-        "quoting": csv.QUOTE_NONE,
-        "header": 0 if header else None,
-        "names": names,
-        "encoding": encoding,
-    }
+    data = read_bytes(path)
+    if encoding.replace("-", "").lower() == "utf8" and data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]  # a byte-order mark (spreadsheet exports)
+    if not data.strip():
+        raise DataError("file is empty", path=path)
+    if len(sep) > 1:  # `::` -> one byte the fast C parser accepts (and that text does not contain)
+        data, sep = data.replace(sep.encode(encoding), b"\x1f"), "\x1f"
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n")
+    before = q.total
+    df = _delimited_fast(data, sep, header, names, encoding, quoting, path)
+    if df is None:
+        df = _delimited_checked(data, sep, q, header, names, encoding, quoting, path)
+    df.attrs["rows_read"] = len(df) + q.total - before  # data rows seen: kept + quarantined
+    return df
+
+
+def _read_csv(source: Any, sep: str, names: list[str] | None, header: bool, quoting: bool, encoding: str,
+              path: Path) -> pd.DataFrame:
     try:
-        if len(sep) > 1:
-            with open_bytes(path) as f:
-                text = f.read().decode(encoding).replace(sep, "\t")
-            kw.pop("encoding")
-            return pd.read_csv(io.StringIO(text), sep="\t", **kw)
-        return pd.read_csv(path, sep=sep, **kw)
-    except pd.errors.ParserError as e:
-        raise DataError(f"cannot parse as {sep!r}-separated text: {e}", path=path) from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"not valid {encoding} at byte {e.start}", path=path) from e
+        return pd.read_csv(source, sep=sep, header=0 if header else None, names=names, dtype=str, keep_default_na=False,
+                           na_values=[""], quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE,
+                           lineterminator="\n", encoding=encoding, engine="c")
+    except UnicodeDecodeError:
+        raise  # the fast path's signal to check line by line
+    except (pd.errors.ParserError, ValueError) as e:  # e.g. duplicate column names
+        raise DataError(f"cannot read as {sep!r}-separated text: {e}", path=path) from e
+
+
+def _delimited_fast(data: bytes, sep: str, header: bool, names: list[str] | None, encoding: str, quoting: bool,
+                    path: Path) -> pd.DataFrame | None:
+    """The common case without a Python loop over lines: every line has the header's number of fields, none is
+    blank, none quoted, all decodable. None when any line is not so (the checked path then finds which)."""
+    sep_byte = sep.encode(encoding)
+    if len(sep_byte) != 1 or (quoting and b'"' in data):
+        return None
+    arr = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(arr == 10)
+    if data[-1:] != b"\n":
+        ends = np.append(ends, len(data))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    seps = np.flatnonzero(arr == sep_byte[0])
+    fields = np.searchsorted(seps, ends) - np.searchsorted(seps, starts) + 1
+    if (ends - starts == 0).any():
+        return None
+    n = len(names) if names is not None else int(fields[0])
+    body = fields[1:] if header else fields
+    if header and len(body) == 0:
+        raise DataError("has a header line but no data rows", path=path)
+    if (body != n).any() or (header and names is None and fields[0] != n):
+        return None
+    try:
+        df = _read_csv(io.BytesIO(data), sep, names, header, quoting, encoding, path)
+    except UnicodeDecodeError:
+        return None
+    return df if len(df) == len(body) else None
+
+
+def _delimited_checked(data: bytes, sep: str, q: Quarantine, header: bool, names: list[str] | None, encoding: str,
+                       quoting: bool, path: Path) -> pd.DataFrame:
+    """Line by line: quarantine what cannot be read, then parse the rest (the frame's index keeps file lines)."""
+    lines, undecodable = _decoded_lines(data, encoding, path, q)
+    blank = [not line.strip() for line in lines]
+    first = next((i for i, b in enumerate(blank) if not b and i not in undecodable), None)
+    if first is None:
+        raise DataError(f"no readable line (every line is blank or not valid {encoding})", path=path)
+    columns = names
+    body_start = 0
+    if header:
+        parsed = next(csv.reader([lines[first]], delimiter=sep)) if quoting else lines[first].split(sep)
+        columns, body_start = names or parsed, first + 1
+        if all(blank[body_start:]):
+            raise DataError("has a header line but no data rows", path=path)
+    assert columns is not None, "read_delimited: header=False needs names"
+    n = len(columns)
+    kept: list[int] = []
+    joined: dict[int, str] = {}
+    bad_fields: list[tuple[int, int]] = []
+    i = body_start
+    while i < len(lines):
+        line = lines[i]
+        if blank[i] or i in undecodable:
+            i += 1
+            continue
+        used, count = 1, line.count(sep) + 1
+        if quoting and '"' in line:
+            row, used = _quoted_record(lines, i, sep)
+            if row is None:
+                q.reject("broken_quoting", path=path, row=i + 1, record=line[:RAW],
+                         reason=f"a quote opened here does not close within {MAX_RECORD_LINES} lines, or text follows a closing quote")
+                i += 1
+                continue
+            count = len(row)
+            if used > 1:
+                joined[i] = "\n".join(lines[i:i + used])
+        if count == n:
+            kept.append(i)
+        else:
+            bad_fields.append((i, count))
+        i += used
+    _reject_lines(q, "malformed_row", path, lines, bad_fields, f"fields, expected {n} ({', '.join(map(str, columns))})")
+    if not kept:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    text = "\n".join(joined.get(k, lines[k]) for k in kept)
+    df = _read_csv(io.StringIO(text), sep, list(columns), False, quoting, encoding, path)
+    if len(df) != len(kept):  # a disagreement between the checks above and pandas: never silently misalign rows
+        raise DataError(f"parsed {len(df)} rows where {len(kept)} were expected (please report this file)", path=path)
+    df.index = pd.Index(np.asarray(kept) + 1 - (2 if header else 1))
+    return df
+
+
+def _decoded_lines(data: bytes, encoding: str, path: Path, q: Quarantine) -> tuple[list[str], set[int]]:
+    """(the lines without terminators, indices of lines that are not valid `encoding`, quarantined as invalid_utf8)."""
+    try:
+        return data.decode(encoding).split("\n"), set()
+    except UnicodeDecodeError:
+        lines = data.decode(encoding, errors="surrogateescape").split("\n")
+    bad = set()
+    for i, line in enumerate(lines):
+        m = SURROGATE.search(line)
+        if m:
+            raw = line.encode(encoding, errors="surrogateescape")
+            col = len(line[: m.start()].encode(encoding, errors="surrogateescape"))
+            q.reject("invalid_utf8", path=path, row=i + 1, reason=f"not valid {encoding} at byte {col} of the line",
+                     record=raw[:RAW])
+            bad.add(i)
+    return lines, bad
+
+
+def _quoted_record(lines: list[str], i: int, sep: str) -> tuple[list[str] | None, int]:
+    """(fields, lines used) of the CSV record starting at line `i`, or (None, 1) when its quoting is broken."""
+    stop = min(len(lines), i + MAX_RECORD_LINES)
+    reader = csv.reader((lines[k] for k in range(i, stop)), delimiter=sep, strict=True)
+    try:
+        row = next(reader)
+    except (csv.Error, StopIteration):
+        return None, 1
+    return row, reader.line_num
+
+
+def _reject_lines(q: Quarantine, rule: str, path: Path, lines: list[str], bad: list[tuple[int, int]], what: str) -> None:
+    """Quarantine lines (index, field count): the first SAMPLE with line, count and raw text, the rest counted."""
+    for i, count in bad[:SAMPLE]:
+        q.reject(rule, path=path, row=i + 1, reason=f"{count} {what}", record=lines[i][:RAW])
+    if len(bad) > SAMPLE:
+        q.reject_many(rule, len(bad) - SAMPLE, path=path, reason=what)
+
+
+def read_jsonl(path: Path, q: Quarantine, encoding: str = "utf-8") -> pd.DataFrame:
+    """JSON lines, one object per line, as a frame of the values as parsed (index + 1 = line). A line that is not a
+    JSON object is quarantined as `bad_json`, bytes not in `encoding` as `invalid_utf8`; an empty file, or a JSON
+    array instead of lines, is a DataError naming the file."""
+    data = read_bytes(path)
+    if not data.strip():
+        raise DataError("file is empty", path=path)
+    lines, undecodable = _decoded_lines(data.replace(b"\r\n", b"\n"), encoding, path, q)
+    if data.lstrip()[:1] == b"[":
+        raise DataError("holds a JSON array, not JSON lines (one object per line); convert it, e.g. `jq -c '.[]'`",
+                        path=path)
+    records, index = [], []
+    before = q.total - len(undecodable)
+    for i, line in enumerate(lines):
+        if i in undecodable or not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError):
+            rec = None
+        if not isinstance(rec, dict):
+            q.reject("bad_json", path=path, row=i + 1, reason="not a JSON object (truncated or invalid)", record=line[:RAW])
+            continue
+        records.append(rec)
+        index.append(i)
+    df = pd.DataFrame(records, index=pd.Index(index, dtype="int64"), dtype=object)
+    df.attrs["rows_read"] = len(df) + q.total - before  # lines seen: kept + quarantined
+    return df
+
+
+def read_parquet_file(path: Path) -> pd.DataFrame:
+    """A Parquet file (possibly compressed as a whole); unreadable or without rows: a DataError naming it."""
+    import pyarrow as pa
+
+    try:
+        source: Any = io.BytesIO(read_bytes(path)) if compression(path) else path
+        df = pd.read_parquet(source)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise DataError(f"cannot read as parquet: {e}", path=path) from e
+    if len(df) == 0:
+        raise DataError("parquet file has no rows", path=path)
+    df.attrs["rows_read"] = len(df)
+    return df
 
 
 def numeric_column(
@@ -101,6 +339,17 @@ def numeric_column(
         _reject(df, bad, rule, q, path, f"{col!r} is not a number", first_line)
         df, values = df[~bad], values[~bad]
     return df.assign(**{col: values.astype("float64")})
+
+
+def numeric_field(df: pd.DataFrame, col: str, q: Quarantine, path: Path, *, first_line: int = 2) -> pd.Series:
+    """`df[col]` as float for a numeric attribute: a present value that is not a number becomes missing and is
+    counted as `non_numeric_field` (the row itself is kept: one bad attribute does not remove a user or item)."""
+    raw = df[col]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = (values.isna() & raw.notna() & (raw.astype("string").str.strip() != "")).to_numpy()
+    if bad.any():
+        _reject(df, bad, "non_numeric_field", q, path, f"{col!r} is not a number; kept the row, value missing", first_line)
+    return values.astype("float64")
 
 
 def _reject(

@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 
 from data_modules.errors import DataError, Quarantine
-from data_modules.readers._common import open_bytes, require_file
+from data_modules.readers._common import iter_lines, require_file
 from data_modules.tables import CanonicalTables, FieldKind
 
 # (user, item, rating, timestamp, timestamp divisor, review title, review body)
@@ -67,6 +67,8 @@ def read_amazon(path: str | Path, *, meta: str | Path | None = None) -> Canonica
         row = _review(rec, REVIEW_KEYS[fmt], q, reviews_path, line_no)
         if row is not None:
             rows.append(row)
+    if not rows and not q.total:
+        raise DataError("file is empty (no review lines)", path=reviews_path)
     inter = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp", "review"])
     inter = inter.astype({"user": str, "item": str, "rating": "float64", "timestamp": "int64", "review": str})
     out = CanonicalTables(
@@ -98,38 +100,40 @@ def _locate(path: Path, meta: str | Path | None) -> tuple[Path, Path | None]:
 
 def _records(path: Path, q: Quarantine, rows_read: dict[str, int]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (1-based line number, record) for every parseable line; quarantine the others; count lines."""
-    with open_bytes(path) as f:
-        for line_no, raw in enumerate(f, start=1):
-            rows_read[path.name] = line_no
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                q.reject(
-                    "invalid_utf8",
-                    path=path,
-                    row=line_no,
-                    reason=f"invalid UTF-8 at byte {e.start}",
-                    record=raw[:200],
-                )
-                continue
-            rec = _parse(text)
-            if rec is None:
-                q.reject(
-                    "bad_json",
-                    path=path,
-                    row=line_no,
-                    reason="not a JSON object (truncated or invalid)",
-                    record=text[:200],
-                )
-                continue
-            yield line_no, rec
+    rows_read[path.name] = 0
+    for line_no, raw in iter_lines(path):
+        rows_read[path.name] = line_no
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            q.reject(
+                "invalid_utf8",
+                path=path,
+                row=line_no,
+                reason=f"invalid UTF-8 at byte {e.start}",
+                record=raw[:200],
+            )
+            continue
+        rec = _parse(text)
+        if rec is None:
+            q.reject(
+                "bad_json",
+                path=path,
+                row=line_no,
+                reason="not a JSON object (truncated or invalid)",
+                record=text[:200],
+            )
+            continue
+        yield line_no, rec
 
 
 def _parse(text: str) -> dict[str, Any] | None:
     try:
         rec = json.loads(text)
+    except RecursionError:
+        return None
     except json.JSONDecodeError:
         try:  # the 2014 metadata files are Python literals (single quotes)
             rec = ast.literal_eval(text.strip()) if text.lstrip().startswith("{") else None

@@ -44,7 +44,7 @@ def read_ciao(
     q = Quarantine()
     found = first_existing(folder, [ratings] if ratings else ["ratings.tsv.gz", "ratings.tsv"])
     ratings_path = require_file(found or folder / (ratings or "ratings.tsv.gz"), "Ciao ratings file")
-    raw = require_columns(read_delimited(ratings_path, "\t"), RATING_COLUMNS, ratings_path)
+    raw = require_columns(read_delimited(ratings_path, "\t", q), RATING_COLUMNS, ratings_path)
     df = numeric_column(raw, "rating", "non_numeric_rating", q, ratings_path)
     df = numeric_column(df, "helpfulness", "non_numeric_helpfulness", q, ratings_path)
     df = seconds_column(df, "timestamp", q, ratings_path)
@@ -77,7 +77,7 @@ def read_ciao(
 
     trust_path = folder / trust if trust else None
     if trust_path is not None and trust_path.is_file():
-        edges = read_delimited(trust_path, "\t")
+        edges = read_delimited(trust_path, "\t", q)
         require_columns(edges, ["userid", "trusted_userid"], trust_path)
         out.graphs["social"] = pd.DataFrame({"src": edges["userid"], "dst": edges["trusted_userid"]})
         out.rows_read[trust_path.name] = len(edges)

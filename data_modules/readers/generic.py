@@ -20,9 +20,13 @@
 `columns` defaults to the canonical names themselves (user, item, rating, timestamp, review, event)
 where present: the layout written by RecBole's dumper (`user,item,rating,timestamp`) needs no mapping.
 Multi-categorical fields are lists already (Parquet, JSON) or strings split on `list_sep`.
-A missing file or mapped column is a `DataError` naming it; rows with a non-numeric rating
-(`non_numeric_rating`), a bad timestamp (`bad_timestamp`) or no user/item (`missing_id`) are removed and
-counted, with their line numbers (CSV: the header is line 1; JSONL: line; Parquet: 1-based row).
+Compression (gzip, bz2, xz) is recognised by content, not by name. CSV / TSV follow CSV quoting (`"a, b"`).
+A missing, empty, header-only or unreadable file (a truncated gzip, a corrupt Parquet, a JSON array instead of
+lines) or a missing mapped column is a `DataError` naming it. A row that cannot be read is removed and counted
+with its line and raw text: `malformed_row` (wrong number of fields), `broken_quoting`, `invalid_utf8`,
+`bad_json`; so are rows with a non-numeric rating (`non_numeric_rating`), a bad timestamp (`bad_timestamp`) or no
+user/item (`missing_id`) (CSV: the header is line 1; JSONL: line; Parquet: 1-based row). A numeric attribute that
+is not a number is counted as `non_numeric_field` and left missing; its row is kept.
 """
 
 from __future__ import annotations
@@ -35,7 +39,17 @@ import numpy as np
 import pandas as pd
 
 from data_modules.errors import DataError, Quarantine
-from data_modules.readers._common import SAMPLE, numeric_column, require_file, seconds_column, split_tokens
+from data_modules.readers._common import (
+    SAMPLE,
+    numeric_column,
+    numeric_field,
+    read_delimited,
+    read_jsonl,
+    read_parquet_file,
+    require_file,
+    seconds_column,
+    split_tokens,
+)
 from data_modules.tables import GRAPH_COLUMNS, CanonicalTables, FieldKind
 
 INTERACTION_COLUMNS = ("user", "item", "rating", "timestamp", "review", "event")
@@ -78,39 +92,39 @@ def read_generic(schema: Mapping[str, Any], base_dir: str | Path | None = None) 
     )
     for key in ("user", "item"):
         if schema.get(f"{key}s"):
-            table, fields = _entities(schema[f"{key}s"], key, base)
+            table, fields = _entities(schema[f"{key}s"], key, base, q)
             setattr(out, f"{key}s", table)
             setattr(out, f"{key}_fields", fields)
     for gname, gspec in (schema.get("graphs") or {}).items():
         if gname not in GRAPH_COLUMNS:
             raise DataError(f"graphs: unknown graph {gname!r}, expected one of {sorted(GRAPH_COLUMNS)}")
-        out.graphs[gname] = _graph(gname, gspec, base)
+        out.graphs[gname] = _graph(gname, gspec, base, q)
     return out
 
 
-def load_table(path: Path, fmt: str | None = None, sep: str | None = None) -> pd.DataFrame:
-    """Read one file; delimited text is read as strings so that ids keep their exact spelling."""
+def load_table(path: Path, fmt: str | None, sep: str | None, q: Quarantine) -> pd.DataFrame:
+    """Read one file; delimited text is read as strings so that ids keep their exact spelling. Compression is
+    recognised by content (`x.csv.gz` holding plain text reads); rows that cannot be read go to `q` with their
+    line (see `_common.read_delimited`); an empty or unreadable file is a DataError naming it."""
     path = require_file(path)
-    name = path.name[:-3] if path.name.endswith(".gz") else path.name
-    fmt = fmt or FORMATS.get(Path(name).suffix.lower())
-    try:
-        if fmt in ("csv", "tsv"):
-            return pd.read_csv(
-                path,
-                sep=sep or ("," if fmt == "csv" else "\t"),
-                dtype=str,
-                keep_default_na=False,
-                na_values=[""],
-            )
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read as {fmt}: {e}", path=path) from e
+    fmt = fmt or format_of(path)
+    if fmt in ("csv", "tsv"):
+        return read_delimited(path, sep or ("," if fmt == "csv" else "\t"), q, quoting=True)
+    if fmt == "parquet":
+        return read_parquet_file(path)
+    if fmt == "jsonl":
+        return read_jsonl(path, q)
     raise DataError(
         f"unknown format {fmt!r}: expected one of csv, tsv, parquet, jsonl (or a known extension)", path=path
     )
+
+
+def format_of(path: Path) -> str | None:
+    """The format named by the extension (a trailing `.gz` etc. ignored), or None."""
+    name = path.name
+    for ext in (".gz", ".bz2", ".xz"):
+        name = name.removesuffix(ext)
+    return FORMATS.get(Path(name).suffix.lower())
 
 
 def _columns(df: pd.DataFrame, mapping: Mapping[str, str], path: Path) -> pd.DataFrame:
@@ -132,11 +146,9 @@ def _columns(df: pd.DataFrame, mapping: Mapping[str, str], path: Path) -> pd.Dat
 def _interactions(spec: dict[str, Any], base: Path, q: Quarantine, rows_read: dict[str, int]) -> pd.DataFrame:
     path = base / spec["path"]
     fmt = spec.get("format")
-    raw = load_table(path, fmt, spec.get("sep"))
-    rows_read[path.name] = len(raw)
-    first = (
-        2 if (fmt or FORMATS.get(Path(path.name.removesuffix(".gz")).suffix.lower())) in ("csv", "tsv") else 1
-    )
+    raw = load_table(path, fmt, spec.get("sep"), q)
+    rows_read[path.name] = raw.attrs.get("rows_read", len(raw))
+    first = 2 if (fmt or format_of(path)) in ("csv", "tsv") else 1
     mapping = spec.get("columns") or {c: c for c in INTERACTION_COLUMNS if c in raw.columns}
     unknown = set(mapping) - set(INTERACTION_COLUMNS)
     if unknown:
@@ -167,9 +179,11 @@ def _interactions(spec: dict[str, Any], base: Path, q: Quarantine, rows_read: di
     return df.reset_index(drop=True)
 
 
-def _entities(spec: Mapping[str, Any], key: str, base: Path) -> tuple[pd.DataFrame, dict[str, FieldKind]]:
+def _entities(
+    spec: Mapping[str, Any], key: str, base: Path, q: Quarantine
+) -> tuple[pd.DataFrame, dict[str, FieldKind]]:
     path = base / spec["path"]
-    raw = load_table(path, spec.get("format"), spec.get("sep"))
+    raw = load_table(path, spec.get("format"), spec.get("sep"), q)
     fields: dict[str, FieldKind] = {}
     for col, kind in (spec.get("fields") or {}).items():
         try:
@@ -181,16 +195,19 @@ def _entities(spec: Mapping[str, Any], key: str, base: Path) -> tuple[pd.DataFra
                 field=col,
             ) from None
     df = _columns(raw, {key: spec.get("key", key), **{c: c for c in fields}}, path)
+    first = 2 if (spec.get("format") or format_of(path)) in ("csv", "tsv") else 1
     df[key] = df[key].astype(str)
     for col, kind in fields.items():
         if kind == FieldKind.multi_categorical:
             s = df[col]
-            if s.map(lambda v: isinstance(v, (list, tuple, np.ndarray))).all():
-                df[col] = s.map(lambda v: [str(t) for t in v]).astype(object)
+            is_list = s.map(lambda v: isinstance(v, (list, tuple, np.ndarray)))
+            if (is_list | s.isna()).all() and is_list.any():  # Parquet / JSON lists (a missing one is empty)
+                df[col] = s.map(lambda v: [str(t) for t in v] if isinstance(v, (list, tuple, np.ndarray)) else [])
+                df[col] = df[col].astype(object)
             else:
                 df[col] = split_tokens(s.astype("string"), spec.get("list_sep", "|"))
         elif kind == FieldKind.numeric:
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+            df[col] = numeric_field(df, col, q, path, first_line=first)
         elif kind == FieldKind.text:
             df[col] = df[col].fillna("").astype(str)
         else:
@@ -198,9 +215,9 @@ def _entities(spec: Mapping[str, Any], key: str, base: Path) -> tuple[pd.DataFra
     return df, fields
 
 
-def _graph(name: str, spec: Mapping[str, Any], base: Path) -> pd.DataFrame:
+def _graph(name: str, spec: Mapping[str, Any], base: Path, q: Quarantine) -> pd.DataFrame:
     path = base / spec["path"]
-    raw = load_table(path, spec.get("format"), spec.get("sep"))
+    raw = load_table(path, spec.get("format"), spec.get("sep"), q)
     wanted = [
         c for c in GRAPH_COLUMNS[name] if not (name == "item_item" and c == "relation" and c not in spec)
     ]

@@ -53,7 +53,7 @@ def read_lastfm(
     q = Quarantine()
     listens_path = _find(folder, "user_artists.dat")
     listens = require_columns(
-        read_delimited(listens_path, "\t"), ["userID", "artistID", "weight"], listens_path
+        read_delimited(listens_path, "\t", q), ["userID", "artistID", "weight"], listens_path
     )
     listens = numeric_column(listens, "weight", "non_numeric_weight", q, listens_path)
     inter = pd.DataFrame(
@@ -69,7 +69,7 @@ def read_lastfm(
 
     artists_path = _find(folder, "artists.dat", required=False)
     if artists_path is not None:
-        artists = require_columns(read_delimited(artists_path, "\t"), ["id", "name"], artists_path)
+        artists = require_columns(read_delimited(artists_path, "\t", q), ["id", "name"], artists_path)
         out.rows_read[artists_path.name] = len(artists)
         items = pd.DataFrame({"item": artists["id"], "name": artists["name"].fillna("")})
         out.item_fields["name"] = FieldKind.text
@@ -81,7 +81,7 @@ def read_lastfm(
 
     friends_path = _find(folder, "user_friends.dat", required=False)
     if friends_path is not None:
-        friends = require_columns(read_delimited(friends_path, "\t"), ["userID", "friendID"], friends_path)
+        friends = require_columns(read_delimited(friends_path, "\t", q), ["userID", "friendID"], friends_path)
         out.graphs["social"] = pd.DataFrame({"src": friends["userID"], "dst": friends["friendID"]})
         out.rows_read[friends_path.name] = len(friends)
 
@@ -90,8 +90,8 @@ def read_lastfm(
     if kg_dir is not None and not (link_path.is_file() and kg_path.is_file()):
         raise DataError("kg_dir needs item_index2entity_id.txt and kg.txt", path=kg_folder)
     if link_path.is_file() and kg_path.is_file():
-        links = read_delimited(link_path, "\t", header=False, names=["item", "entity"])
-        triples = read_delimited(kg_path, "\t", header=False, names=["head", "relation", "tail"])
+        links = read_delimited(link_path, "\t", q, header=False, names=["item", "entity"])
+        triples = read_delimited(kg_path, "\t", q, header=False, names=["head", "relation", "tail"])
         out.graphs["kg"] = link_kg(triples, links, q, kg_path)
         out.rows_read[link_path.name], out.rows_read[kg_path.name] = len(links), len(triples)
     return out
@@ -107,8 +107,8 @@ def _tags(
     )
     if names_path is None or applied_path is None:
         return None
-    names = read_delimited(names_path, "\t", encoding="latin-1")  # the release's tags.dat is Latin-1
-    applied = require_columns(read_delimited(applied_path, "\t"), ["artistID", "tagID"], applied_path)
+    names = read_delimited(names_path, "\t", q, encoding="latin-1")  # the release's tags.dat is Latin-1
+    applied = require_columns(read_delimited(applied_path, "\t", q), ["artistID", "tagID"], applied_path)
     rows_read[names_path.name], rows_read[applied_path.name] = len(names), len(applied)
     unknown = ~applied["artistID"].isin(artists)
     if unknown.any():

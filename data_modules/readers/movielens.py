@@ -80,11 +80,11 @@ def read_movielens(folder: str | Path, *, variant: str | None = None) -> Canonic
     if not ratings_path.is_file():
         raise DataError(f"MovieLens {variant} ratings file missing", path=ratings_path)
     if variant == "100k":
-        inter = read_delimited(ratings_path, "\t", header=False, names=INTER_COLUMNS)
+        inter = read_delimited(ratings_path, "\t", q, header=False, names=INTER_COLUMNS)
     elif variant == "1m":
-        inter = read_delimited(ratings_path, "::", header=False, names=INTER_COLUMNS, encoding="latin-1")
+        inter = read_delimited(ratings_path, "::", q, header=False, names=INTER_COLUMNS, encoding="latin-1")
     else:
-        inter = pd.read_csv(ratings_path, dtype=str, keep_default_na=False, na_values=[""])
+        inter = read_delimited(ratings_path, ",", q, quoting=True)
         inter = require_columns(
             inter.rename(columns={"userId": "user", "movieId": "item"}), INTER_COLUMNS, ratings_path
         )
@@ -99,9 +99,9 @@ def read_movielens(folder: str | Path, *, variant: str | None = None) -> Canonic
         "1m": (_items_1m, _users_1m),
         "latest": (_items_latest, None),
     }[variant]
-    out.items = items(folder)
+    out.items = items(folder, q)
     out.item_fields = dict(ITEM_FIELDS) if out.items is not None else {}
-    out.users = users(folder) if users is not None else None
+    out.users = users(folder, q) if users is not None else None
     out.user_fields = dict(USER_FIELDS) if out.users is not None else {}
     for t in (out.items, out.users):
         if t is not None:
@@ -123,7 +123,7 @@ def _year_from_title(title: pd.Series) -> pd.Series:
     return title.str.extract(r"\((\d{4})\)\s*$", expand=False)
 
 
-def _items_100k(folder: Path) -> pd.DataFrame | None:
+def _items_100k(folder: Path, q: Quarantine) -> pd.DataFrame | None:
     path = folder / "u.item"
     if not path.is_file():
         return None
@@ -131,11 +131,11 @@ def _items_100k(folder: Path) -> pd.DataFrame | None:
     genres = GENRES_100K
     if genre_path.is_file():
         g = read_delimited(
-            genre_path, "|", header=False, names=["name", "index"], encoding="latin-1"
+            genre_path, "|", q, header=False, names=["name", "index"], encoding="latin-1"
         ).dropna()
         genres = g.sort_values("index", key=lambda s: s.astype(int))["name"].tolist()
     names = ["item", "title", "release_date", "video_release_date", "url", *genres]
-    df = read_delimited(path, "|", header=False, names=names, encoding="latin-1")
+    df = read_delimited(path, "|", q, header=False, names=names, encoding="latin-1")
     flags = df[genres].fillna("0").to_numpy() == "1"
     labels = np.array(genres, dtype=object)
     table = pd.DataFrame(
@@ -150,19 +150,19 @@ def _items_100k(folder: Path) -> pd.DataFrame | None:
     return table
 
 
-def _items_1m(folder: Path) -> pd.DataFrame | None:
+def _items_1m(folder: Path, q: Quarantine) -> pd.DataFrame | None:
     path = folder / "movies.dat"
     if not path.is_file():
         return None
-    df = read_delimited(path, "::", header=False, names=["item", "title", "genres"], encoding="latin-1")
+    df = read_delimited(path, "::", q, header=False, names=["item", "title", "genres"], encoding="latin-1")
     return _items_from_title_genres(df, path)
 
 
-def _items_latest(folder: Path) -> pd.DataFrame | None:
+def _items_latest(folder: Path, q: Quarantine) -> pd.DataFrame | None:
     path = folder / "movies.csv"
     if not path.is_file():
         return None
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""]).rename(
+    df = read_delimited(path, ",", q, quoting=True).rename(
         columns={"movieId": "item"}
     )
     require_columns(df, ["item", "title", "genres"], path)
@@ -184,24 +184,25 @@ def _items_from_title_genres(df: pd.DataFrame, path: Path) -> pd.DataFrame:
     return table
 
 
-def _users_100k(folder: Path) -> pd.DataFrame | None:
+def _users_100k(folder: Path, q: Quarantine) -> pd.DataFrame | None:
     path = folder / "u.user"
     if not path.is_file():
         return None
     table = read_delimited(
-        path, "|", header=False, names=["user", "age", "gender", "occupation", "zip_code"], encoding="latin-1"
+        path, "|", q, header=False, names=["user", "age", "gender", "occupation", "zip_code"], encoding="latin-1"
     )
     table.attrs["file"] = path.name
     return table
 
 
-def _users_1m(folder: Path) -> pd.DataFrame | None:
+def _users_1m(folder: Path, q: Quarantine) -> pd.DataFrame | None:
     path = folder / "users.dat"
     if not path.is_file():
         return None
     table = read_delimited(
         path,
         "::",
+        q,
         header=False,
         names=["user", "gender", "age", "occupation", "zip_code"],
         encoding="latin-1",

@@ -25,7 +25,14 @@ from pathlib import Path
 import pandas as pd
 
 from data_modules.errors import DataError, Quarantine
-from data_modules.readers._common import link_kg, numeric_column, read_delimited, seconds_column, split_tokens
+from data_modules.readers._common import (
+    link_kg,
+    numeric_column,
+    numeric_field,
+    read_delimited,
+    seconds_column,
+    split_tokens,
+)
 from data_modules.tables import CanonicalTables, FieldKind
 
 log = logging.getLogger(__name__)
@@ -41,9 +48,10 @@ INTER_NAMES = {
 TYPES = ("token", "token_seq", "float", "float_seq")
 
 
-def read_atomic(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Read one atomic file as strings; return the frame (columns renamed to base names) and {name: type}."""
-    df = read_delimited(path, "\t")
+def read_atomic(path: Path, q: Quarantine) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Read one atomic file as strings; return the frame (columns renamed to base names) and {name: type}.
+    Unreadable rows go to `q` (see `read_delimited`)."""
+    df = read_delimited(path, "\t", q)
     types: dict[str, str] = {}
     for col in df.columns:
         base, _, typ = str(col).partition(":")
@@ -73,15 +81,15 @@ def read_recbole(
     for suffix, key in (("user", "user"), ("item", "item")):
         path = folder / f"{name}.{suffix}"
         if path.is_file():
-            table, fields = _entities(path, key, text_fields)
+            table, fields = _entities(path, key, text_fields, q)
             out.rows_read[path.name] = len(table)
             setattr(out, f"{suffix}s", table)
             setattr(out, f"{suffix}_fields", fields)
 
     kg_path, link_path = folder / f"{name}.kg", folder / f"{name}.link"
     if kg_path.is_file() and link_path.is_file():
-        kg, _ = read_atomic(kg_path)
-        links, _ = read_atomic(link_path)
+        kg, _ = read_atomic(kg_path, q)
+        links, _ = read_atomic(link_path, q)
         triples = kg.rename(columns={"head_id": "head", "relation_id": "relation", "tail_id": "tail"})
         out.graphs["kg"] = link_kg(
             triples, links.rename(columns={"item_id": "item", "entity_id": "entity"}), q, kg_path
@@ -92,7 +100,7 @@ def read_recbole(
 
     net_path = folder / f"{name}.net"
     if net_path.is_file():
-        net, _ = read_atomic(net_path)
+        net, _ = read_atomic(net_path, q)
         out.graphs["social"] = pd.DataFrame({"src": net.iloc[:, 0], "dst": net.iloc[:, 1]}).astype(str)
         out.rows_read[net_path.name] = len(net)
     return out
@@ -110,7 +118,7 @@ def _guess_name(folder: Path) -> str:
 
 
 def _interactions(path: Path, q: Quarantine) -> pd.DataFrame:
-    df, _ = read_atomic(path)
+    df, _ = read_atomic(path, q)
     for col in ("user_id", "item_id"):
         if col not in df.columns:
             raise DataError(f"missing column {col!r} (have {list(df.columns)})", path=path, row=1)
@@ -122,8 +130,10 @@ def _interactions(path: Path, q: Quarantine) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def _entities(path: Path, key: str, text_fields: frozenset[str]) -> tuple[pd.DataFrame, dict[str, FieldKind]]:
-    df, types = read_atomic(path)
+def _entities(
+    path: Path, key: str, text_fields: frozenset[str], q: Quarantine
+) -> tuple[pd.DataFrame, dict[str, FieldKind]]:
+    df, types = read_atomic(path, q)
     if f"{key}_id" not in df.columns:
         raise DataError(f"missing key column '{key}_id:token' (have {list(df.columns)})", path=path, row=1)
     cols: dict[str, pd.Series] = {key: df[f"{key}_id"]}
@@ -138,10 +148,7 @@ def _entities(path: Path, key: str, text_fields: frozenset[str]) -> tuple[pd.Dat
         elif typ == "token_seq":
             cols[col], fields[col] = split_tokens(df[col]), FieldKind.multi_categorical
         elif typ == "float":
-            cols[col], fields[col] = (
-                pd.to_numeric(df[col], errors="coerce").astype("float64"),
-                FieldKind.numeric,
-            )
+            cols[col], fields[col] = numeric_field(df, col, q, path), FieldKind.numeric
         else:
             log.warning("%s: column %r of type %s has no canonical field kind; skipped", path, col, typ)
     return pd.DataFrame(cols), fields
