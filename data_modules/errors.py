@@ -35,6 +35,17 @@ class Quarantine:
     counts: Counter = field(default_factory=Counter)
     samples: list[dict[str, Any]] = field(default_factory=list)
     _sampled: Counter = field(default_factory=Counter)
+    unused: Counter = field(default_factory=Counter)
+    """Rows that are fine but reach nothing kept (a user row without interactions, a KG triple touching no item):
+    reported as *unused*, apart from the rejections in `counts`; `unused_files` says where each came from."""
+    unused_files: dict[str, str] = field(default_factory=dict)
+
+    def note_unused(self, rule: str, count: int, *, path: str | Path | None = None) -> None:
+        """Count `count` harmless rows that nothing uses (not a rejection: never counts towards a threshold)."""
+        if count > 0:
+            self.unused[rule] += count
+            if path is not None:
+                self.unused_files.setdefault(rule, str(path))
 
     def reject(self, rule: str, *, path: str | Path | None = None, row: int | None = None, reason: str = "", record: Any = None) -> None:
         self.counts[rule] += 1
@@ -73,6 +84,9 @@ class Quarantine:
 
     def merge(self, other: Quarantine) -> None:
         self.counts.update(other.counts)
+        self.unused.update(other.unused)
+        for k, v in other.unused_files.items():
+            self.unused_files.setdefault(k, v)
         for s in other.samples:
             if self._sampled[s["rule"]] < self.sample_per_rule:
                 self._sampled[s["rule"]] += 1

@@ -70,7 +70,12 @@ def format_manifest(m: dict[str, Any], root: str | Path) -> str:
         f"train {c['train']}, valid {c['valid']}, test {c['test']} (eval users: {m['split']['eval_users']})",
         "rejected     " + (", ".join(f"{k}={v}" for k, v in m["quarantine"].items()) or "none")
         + (f"  (sample: {Path(root) / layout.QUARANTINE})" if m["quarantine"] else ""),
+        "unused       " + (", ".join(f"{k}={v['rows']}" for k, v in (m.get("unused") or {}).items()) or "none")
+        + ("  (harmless rows nothing kept refers to; not rejected)" if m.get("unused") else ""),
     ]
+    if (m["stats"].get("timestamp_unit") or {}).get("assumed"):
+        t = m["stats"]["timestamp_unit"]
+        lines.append(f"timestamps   read as {t['assumed']} (median {t['median']:.4g}), not seconds as the format says")
     for ent in ("users", "items"):
         sch = m["schema"].get(ent) or {}
         parts = [f"{f['name']}(cat:{f['cardinality']})" for f in sch.get("categorical", [])]

@@ -13,6 +13,9 @@ A reader turns one public format into a `CanonicalTables`; nothing after it know
     `item_item` columns `src`, `dst`, `relation` (item ids, e.g. also_buy)
 - `quarantine`: row-level problems the reader met (bad JSON line, invalid UTF-8, ...), counted, sampled.
 - `rows_read`: rows the reader saw per file, so a rejected share can be computed.
+- `origin` (DataFrame or None): `file` and 1-based `line` of each interaction row, in the same order, so that a
+  row rejected later (a duplicate, an impossible timestamp) is reported with its file:line.
+- `files`: the file each other table came from (`users`, `items`, and each graph's name), for the same reason.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class CanonicalTables:
     quarantine: Quarantine = field(default_factory=Quarantine)
     rows_read: dict[str, int] = field(default_factory=dict)
     name: str = "dataset"
+    origin: pd.DataFrame | None = None
+    files: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Check the contract; raise ValueError naming the table and column that break it."""

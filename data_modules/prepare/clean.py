@@ -1,6 +1,7 @@
 """Clean interactions: exact duplicates, out-of-range ratings, empty reviews, conflicting duplicate ratings.
 
-Every rule counts what it rejects in the Quarantine (and keeps a sample), so nothing disappears silently.
+Every rule counts what it rejects in the Quarantine (and keeps a sample), so nothing disappears silently. The
+optional `_file` / `_line` columns (see plausible.PROVENANCE) say where a row came from; they are not data.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ import pandas as pd
 
 from data_modules.errors import Quarantine
 from data_modules.prepare.config import CleanConfig
+from data_modules.prepare.plausible import PROVENANCE, reject_rows
 
 
 def clean_interactions(inter: pd.DataFrame, cfg: CleanConfig, q: Quarantine, source: str) -> pd.DataFrame:
     """Return the cleaned interactions (a new frame, index reset). `source` names the input in quarantine records."""
     inter = _drop_missing_ids(inter, q, source)
     if cfg.drop_exact_duplicates:
-        dup = inter.duplicated(keep="first")
+        dup = inter.duplicated([c for c in inter.columns if c not in PROVENANCE], keep="first")
         _reject(q, "exact_duplicate", inter[dup], source, "row identical to an earlier row")
         inter = inter[~dup]
     if "rating" in inter.columns:
@@ -68,6 +70,4 @@ def _resolve_duplicate_pairs(inter: pd.DataFrame, rule: str, q: Quarantine, sour
 
 
 def _reject(q: Quarantine, rule: str, rows: pd.DataFrame, source: str, reason: str) -> None:
-    if len(rows):
-        sample = rows.head(q.sample_per_rule)
-        q.reject_many(rule, len(rows), path=source, reason=reason, records=sample.to_dict("records"), rows=[int(i) + 1 for i in sample.index])
+    reject_rows(q, rule, rows, source, reason)  # samples carry file:line when the reader recorded them

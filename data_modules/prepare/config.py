@@ -42,8 +42,24 @@ class CleanConfig:
     """([lo, hi]) ratings outside are rejected as `rating_out_of_range`; null = no check."""
     max_bad_fraction: float = 0.05
     """(float) above this share of rejected rows preparation fails with a clear error instead of going on."""
+    trim_ids: bool = True
+    """(bool) strip whitespace around every id ("42 " and "42" are one user; counted as `id_whitespace_trimmed`)."""
+    detect_timestamp_unit: bool = True
+    """(bool) timestamps whose median is above 1e11 seconds (year 5138) are milliseconds (1e14: microseconds,
+    1e17: nanoseconds) whatever the format says: divided, and what was assumed is logged and put in the manifest."""
+    reject_negative_timestamps: bool = True
+    """(bool) rows with a timestamp before 1970 are rejected as `negative_timestamp`."""
+    future_timestamp_slack_s: float | None = 86400.0
+    """(float) rows later than the time of preparation plus this many seconds are rejected as `future_timestamp`;
+    null = no check."""
+    drop_graph_self_loops: bool = True
+    """(bool) social / item-item edges from a node to itself are removed (counted as `graph_<name>_self_loop`)."""
+    drop_duplicate_edges: bool = True
+    """(bool) repeated graph edges are removed (counted as `graph_<name>_duplicate_edge`)."""
 
     def __post_init__(self) -> None:
+        if self.future_timestamp_slack_s is not None and self.future_timestamp_slack_s < 0:
+            raise ValueError(f"clean.future_timestamp_slack_s={self.future_timestamp_slack_s}: expected >= 0 or null")
         if self.duplicate_rule not in ("keep", "first", "last", "mean", "max"):
             raise ValueError(f"clean.duplicate_rule={self.duplicate_rule!r}: expected keep|first|last|mean|max")
         if not 0.0 <= self.max_bad_fraction <= 1.0:

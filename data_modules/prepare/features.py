@@ -22,22 +22,26 @@ class EncodedFields:
 
 def encode_fields(table: pd.DataFrame | None, key: str, fields: dict[str, FieldKind], index: pd.Index, prefix: str,
                   q: Quarantine, source: str) -> EncodedFields:
-    """Align `table` to the dense `index` (raw ids in index order) and encode each non-text field.
+    """Align `table` to the dense `index` (raw ids in index order) and encode each non-text field. `source` is the
+    table's file (named in quarantine samples).
 
-    Entities without a row get missing values (code 0 / 0.0); rows for entities not in the index are counted.
+    Entities without a row get missing values (code 0 / 0.0); rows for entities not in the index are harmless and
+    reported as unused (`<prefix>_row_without_interactions` in `q.unused`), not as rejected; the schema says how many.
     """
     out = EncodedFields()
     if table is None or not fields:
         return out
     dup = table[key].duplicated()
     if dup.any():
-        q.reject_many(f"{prefix}_duplicate_row", int(dup.sum()), path=source, reason=f"second row for the same {key}")
+        q.reject_many(f"{prefix}_duplicate_row", int(dup.sum()), path=source, reason=f"second row for the same {key}",
+                      records=table[dup].head(q.sample_per_rule)[[key]].to_dict("records"))
         table = table[~dup]
     unknown = ~table[key].isin(index)
-    q.reject_many(f"{prefix}_row_without_interactions", int(unknown.sum()), path=source,
-                  reason=f"{key} has attributes but no kept interaction")
+    q.note_unused(f"{prefix}_row_without_interactions", int(unknown.sum()), path=source)
     aligned = table.set_index(key).reindex(index)
     out.schema["missing_rows"] = int(len(index) - (~unknown).sum())
+    out.schema["unused_rows"] = int(unknown.sum())
+    out.schema["file"] = source
     cat_cols, num_cols = [], []
     for name, kind in fields.items():
         col = aligned[name]
@@ -90,17 +94,24 @@ def _numeric(col: pd.Series) -> tuple[np.ndarray, dict[str, float]]:
 
 
 def encode_graphs(graphs: dict[str, pd.DataFrame], users: pd.Index, items: pd.Index, q: Quarantine,
-                  source: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Map graph edges to dense ids. Edges naming an id outside the kept users/items are counted, not kept."""
+                  source: str, files: dict[str, str] | None = None, known_users: pd.Index | None = None,
+                  known_items: pd.Index | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Map graph edges to dense ids. Edges naming an id outside the kept users/items are not kept: those naming an
+    id that the data never mentions (`known_users` / `known_items`: ids of the raw interactions and side tables)
+    are rejected as `graph_<name>_unknown_id`; those whose ids were only filtered out are unused
+    (`graph_<name>_edge_to_removed_id`). Counted per graph, with its file (`files[name]`, else `source`)."""
     arrays: dict[str, np.ndarray] = {}
     schema: dict[str, Any] = {}
     for name, g in graphs.items():
+        path = (files or {}).get(name, source)
         if name == "social":
+            ends = [(g["src"], users, known_users), (g["dst"], users, known_users)]
             a, b = users.get_indexer(g["src"].astype(str)), users.get_indexer(g["dst"].astype(str))
             ok = (a >= 0) & (b >= 0)
             arrays["graph_social"] = np.stack([a[ok], b[ok]], axis=1).astype(np.int32)
             schema[name] = {"edges": int(ok.sum())}
         elif name == "kg":
+            ends = [(g["item"], items, known_items)]
             it = items.get_indexer(g["item"].astype(str))
             ok = it >= 0
             rel_codes, rel_vocab = pd.factorize(g["relation"].astype(str)[ok])
@@ -108,6 +119,7 @@ def encode_graphs(graphs: dict[str, pd.DataFrame], users: pd.Index, items: pd.In
             arrays["graph_kg"] = np.stack([it[ok], rel_codes, ent_codes], axis=1).astype(np.int32)
             schema[name] = {"edges": int(ok.sum()), "relations": [str(r) for r in rel_vocab], "entities": len(ent_vocab)}
         elif name == "item_item":
+            ends = [(g["src"], items, known_items), (g["dst"], items, known_items)]
             a, b = items.get_indexer(g["src"].astype(str)), items.get_indexer(g["dst"].astype(str))
             ok = (a >= 0) & (b >= 0)
             rel_codes, rel_vocab = pd.factorize(g["relation"].astype(str)[ok]) if "relation" in g else (np.zeros(int(ok.sum()), int), ["related"])
@@ -115,10 +127,15 @@ def encode_graphs(graphs: dict[str, pd.DataFrame], users: pd.Index, items: pd.In
             schema[name] = {"edges": int(ok.sum()), "relations": [str(r) for r in rel_vocab]}
         else:
             raise ValueError(f"unknown graph {name!r}")
-        n_bad = int((~ok).sum())
-        if n_bad:
-            bad = g[~ok].head(q.sample_per_rule)
-            q.reject_many(f"graph_{name}_unknown_id", n_bad, path=source, reason="edge names a user/item that is not in the kept data",
-                          records=bad.to_dict("records"))
-        schema[name]["unknown_id_edges"] = n_bad
+        unknown = np.zeros(len(g), dtype=bool)
+        for col, kept, known in ends:
+            ids = col.astype(str)
+            unknown |= ~(ids.isin(known) if known is not None else ids.isin(kept)).to_numpy()
+        removed = ~ok & ~unknown
+        if unknown.any():
+            bad = g[unknown].head(q.sample_per_rule)
+            q.reject_many(f"graph_{name}_unknown_id", int(unknown.sum()), path=path, records=bad.to_dict("records"),
+                          reason="edge names a user/item that appears nowhere in the interactions or side tables")
+        q.note_unused(f"graph_{name}_edge_to_removed_id", int(removed.sum()), path=path)
+        schema[name].update(file=path, unknown_id_edges=int(unknown.sum()), edges_to_removed_ids=int(removed.sum()))
     return arrays, schema

@@ -19,6 +19,7 @@ from data_modules.prepare.clean import clean_interactions
 from data_modules.prepare.config import PrepareConfig
 from data_modules.prepare.features import encode_fields, encode_graphs
 from data_modules.prepare.filter import filter_interactions
+from data_modules.prepare.plausible import PROVENANCE, check_timestamps, clean_graphs, trim_ids
 from data_modules.prepare.split import TEST, TRAIN, VALID, split_interactions
 from data_modules.prepare.text import render_texts, tokenize
 from data_modules.prepare.write import (
@@ -36,7 +37,7 @@ log = logging.getLogger("fusionrec.prepare")
 # Rules that mean a row was malformed; only these count towards clean.max_bad_fraction. Other rules (duplicates,
 # k-core, thresholds, edges outside the catalog) are intended cleaning: counted and reported, never an error.
 BAD_ROW_RULES = ("bad_json", "invalid_utf8", "missing_field", "non_numeric_rating", "rating_out_of_range", "missing_id",
-                 "malformed_row", "broken_quoting", "bad_timestamp")
+                 "malformed_row", "broken_quoting", "bad_timestamp", "negative_timestamp", "future_timestamp")
 
 
 @dataclass
@@ -74,11 +75,18 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> PrepareResult:
     tables.validate()
     q: Quarantine = tables.quarantine
     source = str(cfg.source.path)
+    if cfg.clean.trim_ids:
+        trim_ids(tables, q, source)
+    clean_graphs(tables, cfg.clean, q, source)
     raw_summary = tables.summary()
     rows_seen = len(tables.interactions) + sum(q.counts.get(r, 0) for r in BAD_ROW_RULES)
     log.info("read %s: %s", source, raw_summary)
+    known = {key: _known_ids(tables, key) for key in ("user", "item")}
 
-    inter = clean_interactions(tables.interactions, cfg.clean, q, source)
+    inter = _with_provenance(tables)
+    inter, timestamp_unit = check_timestamps(inter, cfg.clean, q, source)
+    inter = clean_interactions(inter, cfg.clean, q, source)
+    inter = inter.drop(columns=[c for c in PROVENANCE if c in inter.columns])
     n_clean = len(inter)
     bad = Quarantine()
     bad.counts.update({r: c for r, c in q.counts.items() if r in BAD_ROW_RULES})
@@ -101,10 +109,11 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> PrepareResult:
     schema: dict[str, Any] = {"interactions": [c for c in ("user", "item", "rating", "timestamp", "review", "event") if c in inter.columns]}
     for prefix, table, key, fields, index in (("user", tables.users, "user", tables.user_fields, users),
                                               ("item", tables.items, "item", tables.item_fields, items)):
-        enc = encode_fields(table, key, fields, index.astype(str), prefix, q, source)
+        enc = encode_fields(table, key, fields, index.astype(str), prefix, q, tables.files.get(f"{prefix}s", source))
         side.update(enc.arrays)
         schema[f"{prefix}s"] = enc.schema
-    graph_arrays, schema["graphs"] = encode_graphs(tables.graphs, users, items, q, source)
+    graph_arrays, schema["graphs"] = encode_graphs(tables.graphs, users, items, q, source, tables.files,
+                                                   known["user"], known["item"])
     side.update(graph_arrays)
     schema["text"] = _text(cfg, tables, inter, part, users, items, side)
 
@@ -120,6 +129,7 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> PrepareResult:
         # the rating head's starting global bias: training rows only (valid / test ratings stay unseen)
         "train_rating_mean": _nan_none(inter["rating"][part == TRAIN].mean()) if "rating" in inter.columns else None,
         "items_without_training_interactions": int((side["item_popularity"] == 0).sum()),
+        "timestamp_unit": timestamp_unit,  # None: seconds as the format says; else what was assumed instead
     }
     split_sizes = {name: int((part == code).sum()) for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))}
     with atomic_dir(out) as tmp:
@@ -141,14 +151,38 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> PrepareResult:
                       "eval_users": {name: int(inter.loc[part == code, "user"].nunique()) for name, code in (("valid", VALID), ("test", TEST))}},
             "stats": stats,
             "quarantine": dict(q.counts.most_common()),
+            "unused": {rule: {"rows": n, "file": q.unused_files.get(rule)} for rule, n in q.unused.most_common()},
             "schema": schema,
             "shards": shards,
             "side": side_info,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         write_manifest(manifest, tmp)
+    if q.counts:
+        log.info("rejected or flagged: %s (sample: %s)", ", ".join(f"{k}={v}" for k, v in q.counts.most_common()),
+                 out / layout.QUARANTINE)
+    if q.unused:
+        log.info("unused (harmless, not rejected): %s", ", ".join(f"{k}={v}" for k, v in q.unused.most_common()))
     log.info("prepared %s in %.1fs -> %s", tables.name, manifest["seconds"], out)
     return PrepareResult(out, manifest, reused=False)
+
+
+def _known_ids(tables: Any, key: str) -> pd.Index:
+    """Every `key` id the input mentions (raw interactions and the side table), to tell an edge to an unknown id
+    from one to an id that cleaning or filtering removed."""
+    ids = [tables.interactions[key].astype(str)]
+    side = getattr(tables, f"{key}s")
+    if side is not None:
+        ids.append(side[key].astype(str))
+    return pd.Index(pd.unique(pd.concat(ids, ignore_index=True)))
+
+
+def _with_provenance(tables: Any) -> pd.DataFrame:
+    """The interactions with `_file` / `_line` columns from the reader's `origin`, for the clean step's samples."""
+    inter, where = tables.interactions, tables.origin
+    if where is None or len(where) != len(inter):
+        return inter
+    return inter.assign(_file=where["file"].to_numpy(), _line=where["line"].to_numpy())
 
 
 def _history(train: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

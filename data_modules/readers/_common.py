@@ -323,6 +323,19 @@ def read_parquet_file(path: Path) -> pd.DataFrame:
     return df
 
 
+def origin(df: pd.DataFrame, path: Path, first_line: int) -> pd.DataFrame:
+    """Where each row of `df` came from, by position: `file` (categorical) and `line` (`df`'s index + first_line;
+    the index must still be the reader's, see `numeric_column`). Goes to `CanonicalTables.origin`."""
+    codes = np.zeros(len(df), dtype=np.int8)
+    return pd.DataFrame({"file": pd.Categorical.from_codes(codes, [str(path)]),
+                         "line": df.index.to_numpy(dtype=np.int64) + first_line})
+
+
+def id_strings(s: pd.Series) -> pd.Series:
+    """Ids as str, a missing value as "" (not "nan": an empty id is rejected downstream, a "nan" id would not be)."""
+    return s.astype("string").fillna("").astype(str)
+
+
 def numeric_column(
     df: pd.DataFrame, col: str, rule: str, q: Quarantine, path: Path, *, first_line: int = 2
 ) -> pd.DataFrame:
@@ -395,7 +408,7 @@ def link_kg(triples: pd.DataFrame, links: pd.DataFrame, q: Quarantine, path: Pat
 
     A triple whose head is an item's entity gives (item, relation, tail); one whose tail is gives
     (item, relation + "_inv", head), so the edge is usable from the item's side either way. Triples
-    touching no linked entity cannot reach any item and are counted as `kg_triple_without_item`.
+    touching no linked entity cannot reach any item and are counted as unused `kg_triple_without_item`.
     Returns columns `item`, `relation`, `entity` (strings).
     """
     links = links[["item", "entity"]]
@@ -405,12 +418,5 @@ def link_kg(triples: pd.DataFrame, links: pd.DataFrame, q: Quarantine, path: Pat
     inv = pd.DataFrame({"item": inv["item"], "relation": inv["relation"] + "_inv", "entity": inv["head"]})
     linked = set(links["entity"])
     orphan = ~(triples["head"].isin(linked) | triples["tail"].isin(linked))
-    if orphan.any():
-        q.reject_many(
-            "kg_triple_without_item",
-            int(orphan.sum()),
-            path=path,
-            reason="neither head nor tail is linked to an item",
-            records=triples[orphan].head(SAMPLE).to_dict("records"),
-        )
+    q.note_unused("kg_triple_without_item", int(orphan.sum()), path=path)  # neither end is an item: unused
     return pd.concat([fwd, inv], ignore_index=True).astype(str)

@@ -20,8 +20,10 @@ title, description (text), category (multi_categorical), brand (categorical); gr
 Row problems are quarantined, never fatal here (the pipeline applies the threshold):
 `bad_json` / `invalid_utf8` (file + 1-based line), `missing_field` (names the key),
 `non_numeric_rating`, `bad_timestamp`; and, keeping the row, `html_title` (an HTML fragment
-scraped as a title is blanked), `duplicate_metadata` (second line for an ASIN; first wins),
+scraped as a title is blanked), `duplicate_metadata` (second line for an ASIN; first wins).
+Reported as *unused* (`Quarantine.unused`, not rejections): `item_metadata_without_reviews`,
 `item_item_edge_outside_catalog`. Duplicate reviews are kept: the clean step handles them.
+A truncated or corrupt gzip file, or an empty reviews file, is a DataError naming the file (and the line).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def read_amazon(path: str | Path, *, meta: str | Path | None = None) -> Canonica
     reviews_path, meta_path = _locate(Path(path).expanduser(), meta)
     q = Quarantine()
     rows: list[dict[str, Any]] = []
+    lines: list[int] = []
     rows_read: dict[str, int] = {}
     fmt: str | None = None
     for line_no, rec in _records(reviews_path, q, rows_read):
@@ -67,14 +70,18 @@ def read_amazon(path: str | Path, *, meta: str | Path | None = None) -> Canonica
         row = _review(rec, REVIEW_KEYS[fmt], q, reviews_path, line_no)
         if row is not None:
             rows.append(row)
+            lines.append(line_no)
     if not rows and not q.total:
         raise DataError("file is empty (no review lines)", path=reviews_path)
     inter = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp", "review"])
     inter = inter.astype({"user": str, "item": str, "rating": "float64", "timestamp": "int64", "review": str})
+    where = pd.DataFrame({"file": pd.Categorical.from_codes([0] * len(lines), [str(reviews_path)]),
+                          "line": pd.Series(lines, dtype="int64")})
     out = CanonicalTables(
-        interactions=inter, quarantine=q, name=reviews_path.name.split(".")[0], rows_read=rows_read
+        interactions=inter, quarantine=q, name=reviews_path.name.split(".")[0], rows_read=rows_read, origin=where
     )
     if meta_path is not None:
+        out.files["items"] = out.files["item_item"] = str(meta_path)
         catalog = set(inter["item"])
         out.items, out.graphs["item_item"] = _metadata(meta_path, catalog, q, rows_read)
         out.item_fields = dict(ITEM_FIELDS)
@@ -182,13 +189,14 @@ def _metadata(
     """Item rows and item-item edges (src, dst, relation) for reviewed items."""
     items: dict[str, dict[str, Any]] = {}
     edges: list[tuple[str, str, str]] = []
-    outside = 0
+    outside = unreviewed = 0
     for line_no, rec in _records(path, q, rows_read):
         asin = str(rec.get("parent_asin") or rec.get("asin") or "")
         if not asin:
             q.reject("missing_field", path=path, row=line_no, reason="missing key 'asin'", record=rec)
             continue
         if asin not in catalog:
+            unreviewed += 1
             continue
         if asin in items:
             q.reject(
@@ -222,7 +230,9 @@ def _metadata(
                     edges.append((asin, str(dst), relation))
                 else:
                     outside += 1
-    q.reject_many("item_item_edge_outside_catalog", outside, path=path, reason="target ASIN has no review")
+    # harmless: metadata covers the whole category, reviews a part of it
+    q.note_unused("item_metadata_without_reviews", unreviewed, path=path)
+    q.note_unused("item_item_edge_outside_catalog", outside, path=path)
     table = pd.DataFrame(list(items.values()), columns=["item", *ITEM_FIELDS])
     return table, pd.DataFrame(edges, columns=["src", "dst", "relation"], dtype=str)
 

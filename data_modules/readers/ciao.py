@@ -26,6 +26,7 @@ from data_modules.readers._common import (
     SAMPLE,
     first_existing,
     numeric_column,
+    origin,
     read_delimited,
     require_columns,
     require_file,
@@ -58,7 +59,8 @@ def read_ciao(
         }
     ).reset_index(drop=True)
     out = CanonicalTables(
-        interactions=inter, quarantine=q, name="ciao", rows_read={ratings_path.name: len(raw)}
+        interactions=inter, quarantine=q, name="ciao", rows_read={ratings_path.name: len(raw)},
+        origin=origin(df, ratings_path, 2), files={"items": str(ratings_path)},
     )
 
     cats = raw[["productid", "categoryid"]].drop_duplicates()
@@ -81,4 +83,5 @@ def read_ciao(
         require_columns(edges, ["userid", "trusted_userid"], trust_path)
         out.graphs["social"] = pd.DataFrame({"src": edges["userid"], "dst": edges["trusted_userid"]})
         out.rows_read[trust_path.name] = len(edges)
+        out.files["social"] = str(trust_path)
     return out

@@ -41,8 +41,10 @@ import pandas as pd
 from data_modules.errors import DataError, Quarantine
 from data_modules.readers._common import (
     SAMPLE,
+    id_strings,
     numeric_column,
     numeric_field,
+    origin,
     read_delimited,
     read_jsonl,
     read_parquet_file,
@@ -78,27 +80,28 @@ def read_generic(schema: Mapping[str, Any], base_dir: str | Path | None = None) 
         unknown = set(splits) - {"train", "valid", "test"}
         if unknown:
             raise DataError(f"splits: unknown split(s) {sorted(unknown)}, expected train / valid / test")
-        parts = [
-            _interactions({**spec, "path": rel}, base, q, rows_read).assign(split=split)
-            for split, rel in splits.items()
-        ]
-        inter = pd.concat(parts, ignore_index=True)
+        parts = [_interactions({**spec, "path": rel}, base, q, rows_read) for rel in splits.values()]
+        inter = pd.concat([df.assign(split=split) for (df, _), split in zip(parts, splits)], ignore_index=True)
+        where = pd.concat([o for _, o in parts], ignore_index=True)
+        where["file"] = where["file"].astype("category")
     elif spec.get("path"):
-        inter = _interactions(spec, base, q, rows_read)
+        inter, where = _interactions(spec, base, q, rows_read)
     else:
         raise DataError("schema needs interactions.path or splits {train, valid, test}")
     out = CanonicalTables(
-        interactions=inter, quarantine=q, rows_read=rows_read, name=str(schema.get("name", base.name))
+        interactions=inter, quarantine=q, rows_read=rows_read, name=str(schema.get("name", base.name)), origin=where
     )
     for key in ("user", "item"):
         if schema.get(f"{key}s"):
             table, fields = _entities(schema[f"{key}s"], key, base, q)
             setattr(out, f"{key}s", table)
             setattr(out, f"{key}_fields", fields)
+            out.files[f"{key}s"] = str(base / schema[f"{key}s"]["path"])
     for gname, gspec in (schema.get("graphs") or {}).items():
         if gname not in GRAPH_COLUMNS:
             raise DataError(f"graphs: unknown graph {gname!r}, expected one of {sorted(GRAPH_COLUMNS)}")
         out.graphs[gname] = _graph(gname, gspec, base, q)
+        out.files[gname] = str(base / gspec["path"])
     return out
 
 
@@ -143,7 +146,10 @@ def _columns(df: pd.DataFrame, mapping: Mapping[str, str], path: Path) -> pd.Dat
     return pd.DataFrame(cols, index=df.index)
 
 
-def _interactions(spec: dict[str, Any], base: Path, q: Quarantine, rows_read: dict[str, int]) -> pd.DataFrame:
+def _interactions(
+    spec: dict[str, Any], base: Path, q: Quarantine, rows_read: dict[str, int]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the interactions of one file, their origin: file and line per row)."""
     path = base / spec["path"]
     fmt = spec.get("format")
     raw = load_table(path, fmt, spec.get("sep"), q)
@@ -168,7 +174,7 @@ def _interactions(spec: dict[str, Any], base: Path, q: Quarantine, rows_read: di
             records=bad.to_dict("records"),
         )
         df = df[~missing]
-    df = df.astype({"user": str, "item": str})
+    df = df.assign(user=id_strings(df["user"]), item=id_strings(df["item"]))
     if "rating" in df.columns:
         df = numeric_column(df, "rating", "non_numeric_rating", q, path, first_line=first)
     if "timestamp" in df.columns:
@@ -176,7 +182,7 @@ def _interactions(spec: dict[str, Any], base: Path, q: Quarantine, rows_read: di
     for col in ("review", "event"):
         if col in df.columns:
             df[col] = df[col].fillna("").astype(str)
-    return df.reset_index(drop=True)
+    return df.reset_index(drop=True), origin(df, path, first)
 
 
 def _entities(
@@ -196,7 +202,7 @@ def _entities(
             ) from None
     df = _columns(raw, {key: spec.get("key", key), **{c: c for c in fields}}, path)
     first = 2 if (spec.get("format") or format_of(path)) in ("csv", "tsv") else 1
-    df[key] = df[key].astype(str)
+    df[key] = id_strings(df[key])
     for col, kind in fields.items():
         if kind == FieldKind.multi_categorical:
             s = df[col]
@@ -221,7 +227,7 @@ def _graph(name: str, spec: Mapping[str, Any], base: Path, q: Quarantine) -> pd.
     wanted = [
         c for c in GRAPH_COLUMNS[name] if not (name == "item_item" and c == "relation" and c not in spec)
     ]
-    df = _columns(raw, {c: spec.get(c, c) for c in wanted}, path).astype(str)
+    df = _columns(raw, {c: spec.get(c, c) for c in wanted}, path).apply(id_strings)
     if name == "item_item" and "relation" not in df.columns:
         df["relation"] = "related"
     return df.reset_index(drop=True)

@@ -32,6 +32,7 @@ from data_modules.readers._common import (
     first_existing,
     link_kg,
     numeric_column,
+    origin,
     read_delimited,
     require_columns,
 )
@@ -64,7 +65,7 @@ def read_lastfm(
             "weight": listens["weight"],
         }
     ).reset_index(drop=True)
-    out = CanonicalTables(interactions=inter, quarantine=q, name="lastfm-2k")
+    out = CanonicalTables(interactions=inter, quarantine=q, name="lastfm-2k", origin=origin(listens, listens_path, 2))
     out.rows_read[listens_path.name] = len(listens) + q.total
 
     artists_path = _find(folder, "artists.dat", required=False)
@@ -78,12 +79,14 @@ def read_lastfm(
             items["tags"] = items["item"].map(tags).map(lambda v: v if isinstance(v, list) else [])
             out.item_fields["tags"] = FieldKind.multi_categorical
         out.items = items
+        out.files["items"] = str(artists_path)
 
     friends_path = _find(folder, "user_friends.dat", required=False)
     if friends_path is not None:
         friends = require_columns(read_delimited(friends_path, "\t", q), ["userID", "friendID"], friends_path)
         out.graphs["social"] = pd.DataFrame({"src": friends["userID"], "dst": friends["friendID"]})
         out.rows_read[friends_path.name] = len(friends)
+        out.files["social"] = str(friends_path)
 
     kg_folder = Path(kg_dir).expanduser() if kg_dir is not None else folder
     link_path, kg_path = kg_folder / "item_index2entity_id.txt", kg_folder / "kg.txt"
@@ -94,6 +97,7 @@ def read_lastfm(
         triples = read_delimited(kg_path, "\t", q, header=False, names=["head", "relation", "tail"])
         out.graphs["kg"] = link_kg(triples, links, q, kg_path)
         out.rows_read[link_path.name], out.rows_read[kg_path.name] = len(links), len(triples)
+        out.files["kg"] = str(kg_path)
     return out
 
 

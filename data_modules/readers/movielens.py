@@ -26,6 +26,7 @@ import pandas as pd
 from data_modules.errors import DataError, Quarantine
 from data_modules.readers._common import (
     numeric_column,
+    origin,
     read_delimited,
     require_columns,
     seconds_column,
@@ -90,8 +91,10 @@ def read_movielens(folder: str | Path, *, variant: str | None = None) -> Canonic
         )
     first = 2 if variant == "latest" else 1
     inter = numeric_column(inter, "rating", "non_numeric_rating", q, ratings_path, first_line=first)
-    inter = seconds_column(inter, "timestamp", q, ratings_path, first_line=first).reset_index(drop=True)
-    out = CanonicalTables(interactions=inter, quarantine=q, name=f"ml-{variant}")
+    inter = seconds_column(inter, "timestamp", q, ratings_path, first_line=first)
+    where = origin(inter, ratings_path, first)
+    inter = inter.reset_index(drop=True)
+    out = CanonicalTables(interactions=inter, quarantine=q, name=f"ml-{variant}", origin=where)
     out.rows_read[ratings_path.name] = len(inter) + q.total
 
     items, users = {
@@ -103,9 +106,10 @@ def read_movielens(folder: str | Path, *, variant: str | None = None) -> Canonic
     out.item_fields = dict(ITEM_FIELDS) if out.items is not None else {}
     out.users = users(folder, q) if users is not None else None
     out.user_fields = dict(USER_FIELDS) if out.users is not None else {}
-    for t in (out.items, out.users):
+    for key, t in (("items", out.items), ("users", out.users)):
         if t is not None:
             out.rows_read[str(t.attrs.get("file", "?"))] = len(t)
+            out.files[key] = str(folder / str(t.attrs.get("file", "?")))
     return out
 
 

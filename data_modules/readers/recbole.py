@@ -26,9 +26,11 @@ import pandas as pd
 
 from data_modules.errors import DataError, Quarantine
 from data_modules.readers._common import (
+    id_strings,
     link_kg,
     numeric_column,
     numeric_field,
+    origin,
     read_delimited,
     seconds_column,
     split_tokens,
@@ -75,7 +77,8 @@ def read_recbole(
         raise DataError(f"RecBole interactions file missing (looked for {name}.inter)", path=inter_path)
     q = Quarantine()
     text_fields = frozenset(text_fields)
-    out = CanonicalTables(interactions=_interactions(inter_path, q), quarantine=q, name=name)
+    inter, where = _interactions(inter_path, q)
+    out = CanonicalTables(interactions=inter, quarantine=q, name=name, origin=where)
     out.rows_read[inter_path.name] = len(out.interactions) + q.total
 
     for suffix, key in (("user", "user"), ("item", "item")):
@@ -85,6 +88,7 @@ def read_recbole(
             out.rows_read[path.name] = len(table)
             setattr(out, f"{suffix}s", table)
             setattr(out, f"{suffix}_fields", fields)
+            out.files[f"{suffix}s"] = str(path)
 
     kg_path, link_path = folder / f"{name}.kg", folder / f"{name}.link"
     if kg_path.is_file() and link_path.is_file():
@@ -95,14 +99,16 @@ def read_recbole(
             triples, links.rename(columns={"item_id": "item", "entity_id": "entity"}), q, kg_path
         )
         out.rows_read[kg_path.name], out.rows_read[link_path.name] = len(kg), len(links)
+        out.files["kg"] = str(kg_path)
     elif kg_path.is_file():
         log.warning("%s has no %s.link: the KG cannot be joined to items and is skipped", kg_path, name)
 
     net_path = folder / f"{name}.net"
     if net_path.is_file():
         net, _ = read_atomic(net_path, q)
-        out.graphs["social"] = pd.DataFrame({"src": net.iloc[:, 0], "dst": net.iloc[:, 1]}).astype(str)
+        out.graphs["social"] = pd.DataFrame({"src": id_strings(net.iloc[:, 0]), "dst": id_strings(net.iloc[:, 1])})
         out.rows_read[net_path.name] = len(net)
+        out.files["social"] = str(net_path)
     return out
 
 
@@ -117,7 +123,7 @@ def _guess_name(folder: Path) -> str:
     )
 
 
-def _interactions(path: Path, q: Quarantine) -> pd.DataFrame:
+def _interactions(path: Path, q: Quarantine) -> tuple[pd.DataFrame, pd.DataFrame]:
     df, _ = read_atomic(path, q)
     for col in ("user_id", "item_id"):
         if col not in df.columns:
@@ -127,7 +133,7 @@ def _interactions(path: Path, q: Quarantine) -> pd.DataFrame:
         df = numeric_column(df, "rating", "non_numeric_rating", q, path)
     if "timestamp" in df.columns:
         df = seconds_column(df, "timestamp", q, path)
-    return df.reset_index(drop=True)
+    return df.reset_index(drop=True), origin(df, path, 2)
 
 
 def _entities(

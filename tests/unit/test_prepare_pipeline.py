@@ -49,7 +49,8 @@ def test_prepare_writes_shards_manifest_and_counts(tmp_path):
     off = np.load(res.path / layout.SIDE / "history_offsets.npy")
     assert off[-1] == 160 and len(off) == 21
     assert m["schema"]["graphs"]["kg"]["edges"] == 12
-    assert m["quarantine"]["kg_triple_without_item"] == 1
+    assert m["unused"]["kg_triple_without_item"] == {"rows": 1, "file": str(FIXTURE / "tiny.kg")}  # not rejected
+    assert "kg_triple_without_item" not in m["quarantine"]
     names = {f["name"] for f in m["schema"]["items"]["multi_categorical"]}
     assert "class" in names
     quarantined = [json.loads(line) for line in (res.path / layout.QUARANTINE).read_text().splitlines()]

@@ -36,7 +36,7 @@ def test_listens_items_tags_social_kg():
         ("53", "music.artist.similar_inv", "0"),
     }
     assert not any("\r" in v for row in kg for v in row)  # CRLF stripped
-    assert t.quarantine.counts["kg_triple_without_item"] == 1
+    assert t.quarantine.unused["kg_triple_without_item"] == 1
 
 
 def test_missing_listens_file_named(tmp_path):
@@ -65,5 +65,5 @@ def test_real_lastfm_counts():
     assert t.items["tags"].map(len).max() == 10
     assert any("ç" in tag for tags in t.items["tags"] for tag in tags)  # Latin-1 tags decoded
     if kg_dir.is_dir():
-        assert t.rows_read["kg.txt"] == 15518 and t.quarantine.counts.get("kg_triple_without_item", 0) == 0
+        assert t.rows_read["kg.txt"] == 15518 and t.quarantine.unused.get("kg_triple_without_item", 0) == 0
         assert len(t.graphs["kg"]) >= 15518  # artist-artist triples give one edge from each end

@@ -77,7 +77,7 @@ def test_tiny_kg_linked_both_ways_and_orphans_counted():
         ("302", "film.film.similar", "m.0heavy"),  # both ends linked: one edge from each item
         ("377", "film.film.similar_inv", "m.0lacon"),
     }
-    assert t.quarantine.counts["kg_triple_without_item"] == 2
+    assert t.quarantine.unused["kg_triple_without_item"] == 2
     assert set(map(tuple, t.graphs["social"].to_numpy().tolist())) == {
         ("196", "186"),
         ("186", "196"),
