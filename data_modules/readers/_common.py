@@ -199,7 +199,10 @@ def _delimited_checked(data: bytes, sep: str, q: Quarantine, header: bool, names
     columns = names
     body_start = 0
     if header:
-        parsed = next(csv.reader([lines[first]], delimiter=sep)) if quoting else lines[first].split(sep)
+        try:
+            parsed = next(csv.reader([lines[first]], delimiter=sep, strict=True)) if quoting else lines[first].split(sep)
+        except csv.Error as e:
+            raise DataError(f"cannot parse the header line: {e}", path=path, row=first + 1) from e
         columns, body_start = names or parsed, first + 1
         if all(blank[body_start:]):
             raise DataError("has a header line but no data rows", path=path)
