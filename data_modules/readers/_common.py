@@ -84,10 +84,16 @@ def open_bytes(path: Path) -> io.BufferedIOBase:
 def read_bytes(path: Path) -> bytes:
     """The whole (decompressed) content; a truncated or corrupt compressed file is a DataError naming the file and
     how far it could be read (decompressed byte offset and line)."""
+    try:
+        with open_bytes(path) as f:
+            return f.read()
+    except STREAM_ERRORS:
+        pass
+    # the error path only: read again in small steps to say how far the data is good (a failing read loses its chunk)
     chunks: list[bytes] = []
     with open_bytes(path) as f:
         try:
-            while chunk := f.read(1 << 16):
+            while chunk := f.read(1024):
                 chunks.append(chunk)
         except STREAM_ERRORS as e:
             done = sum(map(len, chunks))

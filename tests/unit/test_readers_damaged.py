@@ -51,7 +51,7 @@ def test_compressed_content_under_a_plain_name_reads(tmp_path, compress):
 def test_truncated_gzip_names_the_file_and_offset(tmp_path):
     data = gzip.compress((CSV + "".join(f"{u},x{u},4,880000000\n" for u in range(5000))).encode())
     (tmp_path / "ratings.csv.gz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match=r"ratings\.csv\.gz: gzip data truncated or corrupt after decompressed byte \d+ \(line \d+\)"):
+    with pytest.raises(DataError, match=r"ratings\.csv\.gz: gzip data truncated or corrupt after decompressed byte [1-9]\d* \(line [1-9]\d*\)"):
         generic(tmp_path, "ratings.csv.gz")
 
 
