@@ -70,3 +70,23 @@ def test_default_sequence_reads_the_item_id_table(side):
 def test_bad_user_sources_are_rejected():
     with pytest.raises(ValueError, match="user_sources"):
         ModelConfig(user_sources=["ids"])
+
+
+def test_forward_unique_is_forward_over_repeated_ids(side):
+    """Many rows of few items (histories, negatives of a small catalog) are encoded once per distinct item:
+    same vectors and gates, same gradients, as encoding every row."""
+    cfg = ModelConfig(dim=16, sources=["id", "tabular", "text"], text={"max_length": 16})
+    towers = build_two_tower(cfg, side, history_len=4).eval()
+    ids = torch.tensor([3, 1, 3, 3, 0, 1, 2, 0])
+    ctx = towers.context({})
+    v_all, w_all = towers.item(ids, ctx)
+    v_uni, w_uni = towers.item.forward_unique(ids, ctx)
+    torch.testing.assert_close(v_uni, v_all, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(w_uni, w_all, rtol=1e-6, atol=1e-6)
+    weights = torch.arange(1.0, 9.0)[:, None]
+    grads = []
+    for v in (v_all, v_uni):
+        towers.zero_grad()
+        (v * weights).sum().backward(retain_graph=True)
+        grads.append(towers.item.encoders["id"].embedding.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)

@@ -133,7 +133,7 @@ class FusionModule(pl.LightningModule):
         if "neg_items" in batch and batch["neg_items"].numel():
             b, n = batch["neg_items"].shape
             neg_ctx = {**ctx, USE_TEXT_CACHE: self.model_cfg.text.cache_negatives}
-            neg = self._vectors(t.encode_items(batch["neg_items"].reshape(-1), neg_ctx))[0].view(b, n, -1)
+            neg = self._vectors(t.item.forward_unique(batch["neg_items"].reshape(-1), neg_ctx))[0].view(b, n, -1)
         candidates, batch = global_candidates(pos, batch, self.item_log_pop)
         rating_pred = self._rating(batch["user"], batch["item"], (user * pos).sum(-1))
         scores = Scores.from_vectors(user, pos, neg, batch, rating_pred=rating_pred, candidates=candidates)

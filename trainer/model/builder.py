@@ -105,7 +105,7 @@ class ItemTowerView(nn.Module):
 
     def forward(self, ids: Tensor, ctx: Mapping[str, Any] | None = None) -> Tensor:
         # history items are many (B x L): their text always comes from the cache (live only for positives)
-        return self.tower(ids, {**(ctx or {}), USE_TEXT_CACHE: True})[0]
+        return self.tower.forward_unique(ids, {**(ctx or {}), USE_TEXT_CACHE: True})[0]
 
 
 class _Deferred(nn.Module):

@@ -43,6 +43,16 @@ class Tower(nn.Module):
         sources = {name: enc(ids, ctx) for name, enc in self.encoders.items()}
         return self.fusion(sources, missing)
 
+    def forward_unique(self, ids: Tensor, ctx: Mapping[str, Any] | None = None) -> tuple[Tensor, Tensor | None]:
+        """`forward` over the distinct ids only, gathered back to `ids`' shape (B,): for many rows of few items
+        (history items, sampled negatives of a small catalog) it is the same vectors at a fraction of the work.
+        In training, source dropout is then drawn per distinct item of the step, not per row."""
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        if uniq.numel() == ids.numel():
+            return self(ids, ctx)
+        vectors, weights = self(uniq, ctx)
+        return vectors[inverse], (None if weights is None else weights[inverse])
+
 
 class TwoTower(nn.Module):
     """User and item towers in one vector space; `score` is the dot product.

@@ -63,6 +63,12 @@ class SequenceEncoder(nn.Module):
     def forward(self, ids: Tensor, ctx: Mapping[str, Any]) -> Tensor:
         history: Tensor = ctx[self.history_key][:, -self.max_len :]
         valid: Tensor = ctx[self.mask_key][:, -self.max_len :].bool()
+        # right-aligned: leading columns that are padding in every row change nothing (padded keys are blocked,
+        # positions count from the right), so drop them; short histories then cost what they hold, not max_len.
+        # One column always stays, so every rank's step runs the same parameters (DDP / ZeRO expect that).
+        used = valid.any(dim=0)
+        first = min(int(used.to(torch.int8).argmax()) if bool(used.any()) else used.numel(), max(used.numel() - 1, 0))
+        history, valid = history[:, first:], valid[:, first:]
         b, length = history.shape
         if length == 0:
             return self.no_history.expand(b, -1)
