@@ -1,4 +1,4 @@
-"""ml-100k quality tables: fused vs id-only vs RecBole, the source ablation, and the cold-start item split.
+"""ml-100k quality tables: fused vs id-only vs RecBole, the source ablation, and the cold-start item and user splits.
 
     bash ../shared/peers/run_recbole.sh                         # first, alone: RecBole BPR / NeuMF / LightGCN logs
     python benchmarks/ml100k_quality.py                         # every run below, one after the other, then the tables
@@ -6,7 +6,8 @@
     python benchmarks/ml100k_quality.py --tables-only           # re-print the tables from runs/quality
 
 Each run is the real `fusionrec fit --config ... --test_after_fit true` (seed 2020, RecBole's default split for
-configs/ml100k*.yaml, the cold-start item split for configs/ml100k_cold.yaml). Checkpoint choice and early stopping
+configs/ml100k*.yaml, the cold-start item split for configs/ml100k_cold.yaml, the cold-start user split for
+configs/ml100k_cold_user.yaml). Checkpoint choice and early stopping
 use validation NDCG@10 only; the test split is evaluated once, on the best checkpoint, after fit. The ablation
 removes one source at a time from configs/ml100k.yaml; everything else is unchanged. Runs go to
 runs/quality/<name>/version_*; the tables read their TensorBoard event files (test/* and val/ndcg@10).
@@ -39,6 +40,9 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     **{f"no_{s}": ("configs/ml100k.yaml", _sources([x for x in FUSED if x != s])) for s in FUSED},
     "cold_fused": ("configs/ml100k_cold.yaml", []),
     "cold_id_only": ("configs/ml100k_cold.yaml", _sources(["id"]) + ["--model.model.source_dropout", "{}"]),
+    "cold_user_fused": ("configs/ml100k_cold_user.yaml", []),
+    "cold_user_id_only": ("configs/ml100k_cold_user.yaml",
+                          _sources(["id"]) + ["--model.model.user_sources", "[id]", "--model.model.source_dropout", "{}"]),
 }
 
 
@@ -109,6 +113,10 @@ def main() -> None:
     if cold:
         print("\n### cold-start items (test items have no training interactions; ranked among cold items only)\n")
         print(table(cold, cols))
+    cold_users = {n: res[n] for n in ("cold_user_fused", "cold_user_id_only") if n in res}
+    if cold_users:
+        print("\n### cold-start users (test users have no training interactions; ranked over all items)\n")
+        print(table(cold_users, cols))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import yaml
 
-SPLIT_PROTOCOLS = ("recbole", "ratio", "leave_one_out", "temporal", "cold_item", "presplit")
+SPLIT_PROTOCOLS = ("recbole", "ratio", "leave_one_out", "temporal", "cold_item", "cold_user", "presplit")
 SOURCE_FORMATS = ("recbole", "movielens", "amazon", "lastfm", "ciao", "generic")
 
 
@@ -89,9 +89,11 @@ class SplitConfig:
     """How interactions are divided into train / valid / test."""
 
     protocol: str = "recbole"
-    """(str) recbole (RecBole's default: shuffle with torch seed, per-user ratio cut) | ratio | leave_one_out | temporal | cold_item | presplit."""
+    """(str) recbole (RecBole's default: shuffle with torch seed, per-user ratio cut) | ratio | leave_one_out | temporal |
+    cold_item (whole items held out) | cold_user (whole users held out) | presplit."""
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    """([train, valid, test]) shares for ratio-based protocols; must sum to 1."""
+    """([train, valid, test]) shares for ratio-based protocols; must sum to 1. Shares of interactions, except
+    cold_item (shares of items) and cold_user (shares of users: each held-out user is wholly valid or wholly test)."""
     order: Literal["random", "time"] = "random"
     """(str) order of each user's interactions before a `ratio` cut."""
     seed: int = 2020

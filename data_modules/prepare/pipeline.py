@@ -103,7 +103,7 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> PrepareResult:
         raise DataError(f"split {cfg.split.protocol!r} left no training interactions", path=source)
 
     train = inter[part == TRAIN]
-    train, hist = _history(train)
+    train, hist = _history(train, len(users))
     side: dict[str, np.ndarray] = dict(hist)
     side["item_popularity"] = np.bincount(train["item"].to_numpy(), minlength=len(items)).astype(np.int64)
     schema: dict[str, Any] = {"interactions": [c for c in ("user", "item", "rating", "timestamp", "review", "event") if c in inter.columns]}
@@ -129,6 +129,7 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> PrepareResult:
         # the rating head's starting global bias: training rows only (valid / test ratings stay unseen)
         "train_rating_mean": _nan_none(inter["rating"][part == TRAIN].mean()) if "rating" in inter.columns else None,
         "items_without_training_interactions": int((side["item_popularity"] == 0).sum()),
+        "users_without_training_interactions": int((np.diff(side["history_offsets"]) == 0).sum()),
         "timestamp_unit": timestamp_unit,  # None: seconds as the format says; else what was assumed instead
     }
     split_sizes = {name: int((part == code).sum()) for name, code in (("train", TRAIN), ("valid", VALID), ("test", TEST))}
@@ -185,15 +186,16 @@ def _with_provenance(tables: Any) -> pd.DataFrame:
     return inter.assign(_file=where["file"].to_numpy(), _line=where["line"].to_numpy())
 
 
-def _history(train: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Each user's training items in time order (CSR) and each row's position in it (`seq_pos`).
+def _history(train: pd.DataFrame, n_users: int) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Each user's training items in time order (CSR over all `n_users`: a user without training rows, e.g. a
+    cold_user split's held-out one, has an empty history) and each row's position in it (`seq_pos`).
 
     Rows are returned in a seeded random order, so every shard block is a fair sample for the streaming shuffle.
     """
     keys = ["user", "timestamp"] if "timestamp" in train.columns else ["user"]
     ordered = train.sort_values(keys, kind="stable")
     users = ordered["user"].to_numpy()
-    counts = np.bincount(users, minlength=int(users.max()) + 1 if len(users) else 0)
+    counts = np.bincount(users, minlength=n_users)
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     seq_pos = np.arange(len(ordered)) - offsets[users]

@@ -36,6 +36,8 @@ def split_interactions(inter: pd.DataFrame, cfg: SplitConfig) -> np.ndarray:
         return temporal(inter, cfg.ratios)
     if cfg.protocol == "cold_item":
         return cold_item(inter, cfg.ratios, cfg.seed)
+    if cfg.protocol == "cold_user":
+        return cold_user(inter, cfg.ratios, cfg.seed)
     raise ValueError(f"unknown split protocol {cfg.protocol!r}")
 
 
@@ -102,16 +104,30 @@ def temporal(inter: pd.DataFrame, ratios: tuple[float, ...]) -> np.ndarray:
 
 def cold_item(inter: pd.DataFrame, ratios: tuple[float, ...], seed: int) -> np.ndarray:
     """Hold out whole items: valid and test items have no training interactions (cold-start evaluation)."""
-    items = np.unique(inter["item"].to_numpy())
-    perm = np.random.default_rng(seed).permutation(items)
-    n_valid = int(round(ratios[1] * len(items)))
-    n_test = int(round(ratios[2] * len(items)))
-    if n_valid + n_test >= len(items):
-        raise DataError(f"cold_item split leaves no training items ({len(items)} items, ratios {ratios})")
-    role = np.zeros(items.max() + 1, dtype=np.int8)
+    return _hold_out(inter["item"].to_numpy(), ratios, seed, "cold_item", "items")
+
+
+def cold_user(inter: pd.DataFrame, ratios: tuple[float, ...], seed: int) -> np.ndarray:
+    """Hold out whole users: a seeded `ratios[1]` share of the users are validation users and `ratios[2]` test users.
+
+    Every interaction of a held-out user is in its one evaluation split, so it has no training interaction and, at
+    evaluation, an empty history and nothing seen (test users have no valid rows either): cold-start users.
+    """
+    return _hold_out(inter["user"].to_numpy(), ratios, seed, "cold_user", "users")
+
+
+def _hold_out(keys: np.ndarray, ratios: tuple[float, ...], seed: int, protocol: str, what: str) -> np.ndarray:
+    """Assign whole entities (`keys`: the rows' dense user or item ids) to train / valid / test by seeded shares."""
+    entities = np.unique(keys)
+    perm = np.random.default_rng(seed).permutation(entities)
+    n_valid = int(round(ratios[1] * len(entities)))
+    n_test = int(round(ratios[2] * len(entities)))
+    if n_valid + n_test >= len(entities):
+        raise DataError(f"{protocol} split leaves no training {what} ({len(entities)} {what}, ratios {ratios})")
+    role = np.zeros(entities.max() + 1, dtype=np.int8)
     role[perm[:n_valid]] = VALID
     role[perm[n_valid:n_valid + n_test]] = TEST
-    return role[inter["item"].to_numpy()]
+    return role[keys]
 
 
 def presplit(inter: pd.DataFrame) -> np.ndarray:

@@ -116,6 +116,34 @@ def test_cold_item_split_has_no_training_interactions_for_held_out_items():
     assert held and not (train_items & held)
 
 
+def test_cold_user_split_holds_out_whole_users():
+    inter = dense(n_users=40, per_user=10)
+    part = split_interactions(inter, SplitConfig(protocol="cold_user", ratios=(0.8, 0.1, 0.1), seed=3))
+    users = inter["user"].to_numpy()
+    train_users = set(users[part == TRAIN])
+    valid_users, test_users = set(users[part == VALID]), set(users[part == TEST])
+    # no held-out user trains; each is wholly valid or wholly test (nothing to condition on at evaluation)
+    assert not train_users & (valid_users | test_users) and not valid_users & test_users
+    assert (len(train_users), len(valid_users), len(test_users)) == (32, 4, 4)  # shares of users
+    # every interaction is in exactly one split: counts are conserved
+    assert len(part) == len(inter) and np.bincount(part, minlength=3).tolist() == [320, 40, 40]
+    for u in valid_users | test_users:
+        assert len(set(part[users == u])) == 1
+
+
+def test_cold_user_split_is_deterministic_by_seed():
+    inter = dense(n_users=40, per_user=10)
+    a = split_interactions(inter, SplitConfig(protocol="cold_user", seed=3))
+    b = split_interactions(inter, SplitConfig(protocol="cold_user", seed=3))
+    c = split_interactions(inter, SplitConfig(protocol="cold_user", seed=4))
+    assert (a == b).all() and not (a == c).all()
+
+
+def test_cold_user_split_must_leave_training_users():
+    with pytest.raises(DataError, match="cold_user split leaves no training users"):
+        split_interactions(dense(n_users=2, per_user=3), SplitConfig(protocol="cold_user", ratios=(0.0, 0.5, 0.5)))
+
+
 def test_presplit_requires_known_values():
     inter = dense(n_users=1, per_user=3).assign(split=["train", "valid", "bogus"])
     with pytest.raises(DataError, match=r"row 3.*'bogus'"):

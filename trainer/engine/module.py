@@ -22,7 +22,7 @@ from trainer.engine.dataset_guard import check_dataset, dataset_identity
 from trainer.engine.metrics import RankingAccumulator, RatingAccumulator
 from trainer.engine.optim import OptimConfig, param_groups, warmup_cosine
 from trainer.engine.text_cache import build_sharded, load_or_build
-from trainer.model.builder import build_objective, build_two_tower
+from trainer.model.builder import build_objective, build_two_tower, trained_users
 from trainer.model.config import LossConfig, ModelConfig
 from trainer.model.encoders.text import USE_TEXT_CACHE, TextEncoder
 from trainer.model.losses import Scores, mixed_log_q
@@ -94,6 +94,12 @@ class FusionModule(pl.LightningModule):
         pop = torch.as_tensor(np.array(side.array("item_popularity")), dtype=torch.float64)
         self.register_buffer("item_log_pop", torch.log(pop.clamp(min=1) / pop.sum()).float(), persistent=False)
         self.register_buffer("item_cold", pop == 0, persistent=False)
+        # users without training interactions (a cold_user split's held-out ones): no trained id row, empty history;
+        # their graph node is untrained too unless social links tie it to trained users
+        self.register_buffer("user_cold", torch.from_numpy(~trained_users(side)), persistent=False)
+        graph = self.towers.graph
+        isolated = graph.isolated_users() if graph is not None else torch.ones(side.n_users, dtype=torch.bool)
+        self.register_buffer("user_isolated", isolated, persistent=False)
         if "mse" in self.loss_cfg.weights:  # ratings are predicted by a head over the towers' score
             stats = side.manifest.get("stats") or {}
             mean = stats.get("train_rating_mean", stats.get("rating_mean")) or 0.0
@@ -215,10 +221,23 @@ class FusionModule(pl.LightningModule):
             out.append(self._vectors(tower(ids, ctx, missing))[0])
         return torch.cat(out)
 
+    def user_missing(self, users: Tensor) -> Tensor:
+        """(B, S) bool: the user tower's sources that users (B,) without training interactions lack — the id (its row
+        was never trained), the sequence (empty history) and the graph when their node has no edge at all — so
+        the fusion head encodes a cold user from attributes, text and social links alone (as cold items)."""
+        cold = self.user_cold[users]
+        none = torch.zeros_like(cold)
+        by_source = {"id": cold, "sequence": cold, "graph": cold & self.user_isolated[users]}
+        return torch.stack([by_source.get(name, none) for name in self.towers.user.names], dim=1)
+
+    def encode_eval_users(self, batch: dict[str, Tensor], ctx: dict[str, Any]) -> tuple[Tensor, Tensor | None]:
+        """Fused user vectors (B, D) and gates as evaluation, prediction and export compute them."""
+        return self._vectors(self.towers.encode_users(batch["user"], ctx, self.user_missing(batch["user"])))
+
     def _eval_step(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         self._encode_catalog()
         ctx = {**self._eval_ctx, **batch}
-        user, gates = self._vectors(self.towers.encode_users(batch["user"], ctx))
+        user, gates = self.encode_eval_users(batch, ctx)
         scores = user @ self._item_table.T  # (B, n_items)
         rows, cols = batch["target_rows"], batch["target_cols"]
         if self.rating_head is not None:
@@ -277,7 +296,7 @@ class FusionModule(pl.LightningModule):
         """Top-K unseen items per user with scores, and the user tower's per-source weights (attribution)."""
         self._encode_catalog()
         ctx = {**self._eval_ctx, **batch}
-        user, gates = self._vectors(self.towers.encode_users(batch["user"], ctx))
+        user, gates = self.encode_eval_users(batch, ctx)
         scores = user @ self._item_table.T
         scores[batch["seen_rows"], batch["seen_cols"]] = float("-inf")
         top = scores.topk(min(self.predict_top_k, scores.shape[1]), dim=1)

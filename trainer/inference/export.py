@@ -85,7 +85,7 @@ def load_model(checkpoint: str | Path, config: str | Path | None = None,
 def all_embeddings(model: FusionModule, dataset_dir: Path, history_len: int, split: str = "test",
                    batch_size: int = 256, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(users (n_users, D), items (n_items, D)) exactly as evaluation computes them: items via the module's
-    catalog encoding, users via `towers.encode_users` on `split`'s conditioning (RankingEvalSet), for every user."""
+    catalog encoding, users via `encode_eval_users` on `split`'s conditioning (RankingEvalSet), for every user."""
     ctx = model.towers.context()  # what FusionModule's evaluation encodes the catalog and users with
     items = model._all_items(ctx)
     side = SideData(dataset_dir)
@@ -94,7 +94,7 @@ def all_embeddings(model: FusionModule, dataset_dir: Path, history_len: int, spl
     users = []
     for batch in tqdm(DataLoader(ds, batch_size=batch_size, collate_fn=ds.collate), desc="users", unit="batch",
                       disable=not progress):
-        users.append(model._vectors(model.towers.encode_users(batch["user"], {**ctx, **batch}))[0])
+        users.append(model.encode_eval_users(batch, {**ctx, **batch})[0])
     return torch.cat(users), items
 
 

@@ -43,7 +43,7 @@ def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> 
         for ent, out, on in (("user", users, "tabular" in want_user), ("item", items, "tabular" in want_item)):
             if not on:
                 continue
-            enc = _tabular(side, ent, d)
+            enc = _tabular(side, ent, d, trained=trained_users(side) if ent == "user" else None)
             if enc is not None:
                 out["tabular"] = enc
             else:
@@ -116,7 +116,16 @@ class _Deferred(nn.Module):
         self.out_dim = dim
 
 
-def _tabular(side: SideData, ent: str, d: int) -> TabularEncoder | None:
+def trained_users(side: SideData) -> np.ndarray:
+    """(n_users,) bool: users with training interactions, the only ones training looks up. (Items are not
+    narrowed so: sampled negatives reach items without training interactions too.)"""
+    counts = np.diff(np.asarray(side.array("history_offsets")))
+    out = np.zeros(side.n_users, dtype=bool)
+    out[: len(counts)] = counts[: side.n_users] > 0
+    return out
+
+
+def _tabular(side: SideData, ent: str, d: int, trained: np.ndarray | None = None) -> TabularEncoder | None:
     f = side.fields(f"{ent}s")
     cat = np.array(side.array(f"{ent}_cat")) if side.has(f"{ent}_cat") else None
     num = np.array(side.array(f"{ent}_num")) if side.has(f"{ent}_num") else None
@@ -126,7 +135,7 @@ def _tabular(side: SideData, ent: str, d: int) -> TabularEncoder | None:
     if cat is None and num is None and not multi:
         return None
     cards = [c["cardinality"] for c in f.get("categorical", [])]
-    return TabularEncoder(cat, cards, num, multi, d, name="tabular")
+    return TabularEncoder(cat, cards, num, multi, d, name="tabular", trained=trained)
 
 
 def _fusion(cfg: ModelConfig, encoders: dict[str, nn.Module]) -> nn.Module:

@@ -103,6 +103,11 @@ class GraphEncoder(nn.Module):
             out = (acc / (self.n_layers + 1)).to(self.embedding.weight.dtype)
         return out[: self.n_users], out[self.n_users : self.n_users + self.n_items]
 
+    def isolated_users(self) -> Tensor:
+        """(n_users,) bool: users whose node has no edge (no training interaction, no social link), so their
+        propagated vector is only their own, never-trained initial row."""
+        return (self.crow[1 : self.n_users + 1] - self.crow[: self.n_users]) == 0
+
     def user_view(self) -> GraphSide:
         return GraphSide(self, "user")
 

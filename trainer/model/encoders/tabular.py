@@ -25,6 +25,9 @@ class TabularEncoder(nn.Module):
         dim: output size; also the per-field embedding size unless `field_dim` is given.
         field_dim: size of each field's embedding (default: `dim`).
         name: source name used by the fusion head.
+        trained: (n,) bool, the entities training looks up, or None (all). A code that none of them carries
+            (e.g. the zip code of a cold-start user alone) has an embedding no gradient ever reached: it is read
+            as missing (0), so an untrained random row never enters a cold entity's vector.
 
     The tables are non-persistent buffers: they are data, rebuilt from the prepared dataset with the model,
     so checkpoints hold only learned weights.
@@ -42,6 +45,7 @@ class TabularEncoder(nn.Module):
         dim: int,
         field_dim: int | None = None,
         name: str = "tabular",
+        trained: np.ndarray | None = None,
     ):
         super().__init__()
         self.name = name
@@ -62,6 +66,8 @@ class TabularEncoder(nn.Module):
         if len(set(sizes)) != 1:
             raise ValueError(f"field tables disagree on the number of entities: {sizes}")
         self.num_entities = sizes[0]
+        if trained is not None:
+            cat_codes, multi = _untrained_as_missing(np.asarray(trained, dtype=bool), cat_codes, multi)
 
         codes = _long(cat_codes) if cat_codes is not None and n_cat else None
         self.register_buffer("cat_codes", codes, persistent=False)
@@ -106,6 +112,26 @@ class TabularEncoder(nn.Module):
         if self.numeric is not None and self.num_values is not None:
             parts.append(self.numeric(self.num_values[ids]))
         return self.mix(torch.cat(parts, dim=-1))
+
+
+def _untrained_as_missing(
+    trained: np.ndarray,
+    cat_codes: np.ndarray | None,
+    multi: dict[str, tuple[np.ndarray, np.ndarray, int]],
+) -> tuple[np.ndarray | None, dict[str, tuple[np.ndarray, np.ndarray, int]]]:
+    """Copies of the tables with every code no `trained` entity carries set to 0 (missing)."""
+    if cat_codes is not None and cat_codes.ndim == 2 and cat_codes.shape[1]:
+        cat_codes = np.array(cat_codes)
+        for f in range(cat_codes.shape[1]):
+            col = cat_codes[:, f]
+            col[~np.isin(col, col[trained])] = 0
+    out = {}
+    for field, (offsets, values, card) in multi.items():
+        owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+        values = np.array(values)
+        values[~np.isin(values, values[trained[owner]])] = 0
+        out[field] = (offsets, values, card)
+    return cat_codes, out
 
 
 def _long(a: np.ndarray) -> Tensor:
