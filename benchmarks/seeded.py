@@ -4,7 +4,8 @@
     python benchmarks/seeded.py rating --dataset /tmp/ml100k_prepared
     # Amazon 2014 Musical Instruments, time-ordered leave-one-out; peers: benchmarks/sequential_peers.py
     python benchmarks/seeded.py sequential --dataset /tmp/amazon_mi
-    # a subset, other seeds, or only the tables again (from --out)
+    # a subset, other seeds, or only the tables again (from --out), with the RecBole peers' rows
+    python benchmarks/seeded.py sequential --tables-only --peers benchmarks/results/amazon_mi_sequential_peers.json
     python benchmarks/seeded.py sequential --dataset /tmp/amazon_mi --only fused text_seq --seeds 2020
     python benchmarks/seeded.py sequential --tables-only --json /tmp/seq.json
 
@@ -46,6 +47,12 @@ def _list(key: str, values: list[str]) -> list[str]:
     return [key, "[" + ", ".join(values) + "]"]
 
 
+_REPR = ["--model.model.sequence.item_repr"]
+FUSED_ITEMS = _list("--model.model.sources", ["id", "tabular", "text", "sequence"])
+NO_DROPOUT = ["--model.model.source_dropout", "{}"]
+# later flags override earlier ones, so a variant may follow this with its own item_repr or source_dropout
+USER_IS_HISTORY = [*_list("--model.model.user_sources", ["sequence"]), *_REPR, "item_tower", *NO_DROPOUT]
+
 SUITES: dict[str, Suite] = {
     "rating": Suite(
         "configs/ml100k_rating.yaml", "val/rmse", "min", ("rmse", "mae"),
@@ -56,17 +63,20 @@ SUITES: dict[str, Suite] = {
     ),
     "sequential": Suite(
         "configs/amazon_mi.yaml", "val/ndcg@10", "max", ("ndcg@10", "recall@10", "mrr@10", "ndcg@20", "recall@20"),
-        {
-            # the shipped default: ids, attributes and text on the item side; the user is their history of item vectors
-            "fused": [],
+        {   # every variant spelled out in full, so it does not depend on the config's defaults
+            # ids, attributes and text on the item side; the user is their history of those item vectors
+            "fused": [*FUSED_ITEMS, *USER_IS_HISTORY],
             # SASRec's inputs: item ids only, the user is their history of item ids
-            "id_seq": [*_list("--model.model.sources", ["id", "sequence"]), "--model.model.sequence.item_repr", "id"],
+            "id_seq": [*_list("--model.model.sources", ["id", "sequence"]), *USER_IS_HISTORY, *_REPR, "id"],
             # no id at all (the transferable setting): items are their text, users their history of item texts
-            "text_seq": _list("--model.model.sources", ["text", "sequence"]),
+            "text_seq": [*_list("--model.model.sources", ["text", "sequence"]), *USER_IS_HISTORY],
+            # fused, with the item id dropped for half the training rows, so text and attributes must carry items too
+            "fused_id_drop": [*FUSED_ITEMS, *USER_IS_HISTORY, "--model.model.source_dropout", "{id: 0.5}"],
             # the fused item tower without text (what removing text costs)
-            "fused_no_text": _list("--model.model.sources", ["id", "tabular", "sequence"]),
+            "fused_no_text": [*_list("--model.model.sources", ["id", "tabular", "sequence"]), *USER_IS_HISTORY],
             # the user tower also gets a user-id embedding (the pre-fix default: fits the validation target)
-            "fused_user_id": _list("--model.model.user_sources", ["id", "sequence"]),
+            "fused_user_id": [*FUSED_ITEMS, *_list("--model.model.user_sources", ["id", "sequence"]), *_REPR, "item_tower",
+                              *NO_DROPOUT],
         },
     ),
 }
@@ -133,15 +143,34 @@ def summarize(out: Path, suite: str, seeds: tuple[int, ...]) -> dict:
     return res
 
 
+def peer_rows(path: Path, s: Suite) -> dict:
+    """RecBole rows from benchmarks/sequential_peers.py --json, in this table's shape: the `masked` scores (every item
+    fusionrec masks is masked for them too), per seed, so the peers and the variants are read the same way."""
+    runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
+    res = {}
+    for model, seeds in runs.items():
+        per_seed = {}
+        for r in seeds:
+            m = r["ours"]
+            row = {f"valid {k}": m["valid"]["masked"][k] for k in s.metrics}
+            row.update({f"test {k}": m["test"]["masked"][k] for k in s.metrics})
+            per_seed[r["seed"]] = row
+        keys = list(next(iter(per_seed.values())))
+        res[f"RecBole {model}"] = {"seeds": sorted(per_seed), "per_seed": per_seed,
+                                   **{k: {"mean": float(np.mean([r[k] for r in per_seed.values()])),
+                                          "std": float(np.std([r[k] for r in per_seed.values()]))} for k in keys}}  # fmt: skip
+    return res
+
+
 def table(res: dict, s: Suite) -> str:
     cols = [f"valid {s.metrics[0]}", *[f"test {m}" for m in s.metrics]]
-    ratio = s.mode == "max"  # valid / test of the headline metric: does validation overstate a variant?
-    head = ["variant", "seeds", *cols] + ([f"valid/test {s.metrics[0]}"] if ratio else [])
+    ratio = s.mode == "max"  # test / valid of the headline metric: does validation overstate a variant?
+    head = ["variant", "seeds", *cols] + ([f"test/valid {s.metrics[0]}"] if ratio else [])
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for v, r in res.items():
         cells = [v, str(len(r["seeds"]))] + [f"{r[c]['mean']:.4f} ± {r[c]['std']:.4f}" for c in cols]
         if ratio:
-            q = [p[cols[0]] / p[f"test {s.metrics[0]}"] for p in r["per_seed"].values()]
+            q = [p[f"test {s.metrics[0]}"] / p[cols[0]] for p in r["per_seed"].values()]
             cells.append(f"{np.mean(q):.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -157,6 +186,7 @@ def main() -> None:
     ap.add_argument("--skip-done", action="store_true", help="do not re-run a variant/seed that already has test metrics")
     ap.add_argument("--tables-only", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the summary here")
+    ap.add_argument("--peers", type=Path, help="sequential_peers.py --json output: RecBole rows above the variants")
     a, extra = ap.parse_known_args()  # anything else: more fit overrides for every run, e.g. --trainer.max_epochs 3
     s = SUITES[a.suite]
     bad = set(a.only or []) - set(s.variants)
@@ -172,6 +202,8 @@ def main() -> None:
                     continue
                 fit(a.suite, v, seed, a.dataset, a.out, extra)
     res = summarize(a.out, a.suite, tuple(a.seeds))
+    if a.peers:
+        res = {**peer_rows(a.peers, s), **res}
     print(f"\n### {a.suite}: {s.config}, mean ± std over seeds (population std); runs in {a.out / a.suite}\n")
     print(table(res, s))
     if a.json:
