@@ -2,6 +2,8 @@
 
     # ml-100k rating prediction (RecBole's default split), 3 seeds; peers: benchmarks/rating_peers.py
     python benchmarks/seeded.py rating --dataset /tmp/ml100k_prepared
+    # ml-100k cold users (configs/data/ml100k_cold_user.yaml prepared to /tmp/ml100k_cold_user): fused vs id only
+    python benchmarks/seeded.py cold_user --dataset /tmp/ml100k_cold_user
     # Amazon 2014 Musical Instruments, time-ordered leave-one-out; peers: benchmarks/sequential_peers.py
     python benchmarks/seeded.py sequential --dataset /tmp/amazon_mi
     # a subset, other seeds, or only the tables again (from --out), with the RecBole peers' rows
@@ -59,6 +61,15 @@ SUITES: dict[str, Suite] = {
         {
             "fused": [],
             "id_only": _list("--model.model.sources", ["id"]),
+        },
+    ),
+    "cold_user": Suite(
+        # a fixed budget of 6 epochs, like the cold-item table; users of valid / test have no training interactions
+        "configs/ml100k_cold_user.yaml", "val/ndcg", "max", ("recall@10", "ndcg@10", "hit@10"),
+        {
+            "fused": ["--trainer.max_epochs", "6"],
+            "id_only": ["--trainer.max_epochs", "6", *_list("--model.model.sources", ["id"]),
+                        *_list("--model.model.user_sources", ["id"]), "--model.model.source_dropout", "{}"],
         },
     ),
     "sequential": Suite(
