@@ -90,3 +90,23 @@ def test_forward_unique_is_forward_over_repeated_ids(side):
         (v * weights).sum().backward(retain_graph=True)
         grads.append(towers.item.encoders["id"].embedding.weight.grad.clone())
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_fine_tuned_text_history_reads_a_cache_built_before_the_first_step(side):
+    """lora / full text with history items read through the item tower: the cache those items take exists from
+    the first training step (otherwise B x L history items ran the backbone live until the first evaluation)."""
+    from trainer.engine.module import FusionModule
+
+    cfg = ModelConfig(dim=16, sources=["text", "sequence"], user_sources=["sequence"],
+                      text={"max_length": 16, "mode": "lora"}, sequence={"layers": 1, "heads": 2, "item_repr": "item_tower"})
+    module = FusionModule(model=cfg)
+    module.build_towers(side, history_len=4)
+    text = module.towers.item.encoders["text"]
+    assert text.cache is None
+    module._text_caches(training=True, negatives=False)
+    assert text.cache is not None and text.cache.shape[0] == text.num_entities
+    # without a history read through the item tower nothing is built in training (the earlier behaviour)
+    plain = FusionModule(model=ModelConfig(dim=16, sources=["id", "text"], text={"max_length": 16, "mode": "lora"}))
+    plain.build_towers(side, history_len=4)
+    plain._text_caches(training=True, negatives=False)
+    assert plain.towers.item.encoders["text"].cache is None

@@ -22,7 +22,7 @@ from trainer.engine.dataset_guard import check_dataset, dataset_identity
 from trainer.engine.metrics import RankingAccumulator, RatingAccumulator
 from trainer.engine.optim import OptimConfig, param_groups, warmup_cosine
 from trainer.engine.text_cache import build_sharded, load_or_build
-from trainer.model.builder import build_objective, build_two_tower, trained_users
+from trainer.model.builder import ItemTowerView, build_objective, build_two_tower, trained_users
 from trainer.model.config import LossConfig, ModelConfig
 from trainer.model.encoders.text import USE_TEXT_CACHE, TextEncoder
 from trainer.model.losses import Scores, mixed_log_q
@@ -89,6 +89,7 @@ class FusionModule(pl.LightningModule):
         self.towers = build_two_tower(self.model_cfg, side, history_len=history_len)
         self._text_encoders = [m for m in self.towers.modules() if isinstance(m, TextEncoder)]
         self._cache_step = -1  # global step at which the fine-tuning caches were last rebuilt
+        self._history_from_cache = any(isinstance(m, ItemTowerView) for m in self.towers.modules())
         # In-batch negatives are the batch's positives, drawn in proportion to training popularity: that is their
         # q for logQ correction (the batch's own `pos_logq` is the *sampler's* probability, uniform by default).
         pop = torch.as_tensor(np.array(side.array("item_popularity")), dtype=torch.float64)
@@ -175,7 +176,10 @@ class FusionModule(pl.LightningModule):
             if enc.mode == "frozen":
                 if enc.cache is None:
                     load_or_build(enc, self._text_cache_dir(), rank, world, gather)
-            elif not training or (negatives and every and self.global_step % every == 0 and self._cache_step != self.global_step):
+            elif (not training or (negatives and every and self.global_step % every == 0 and self._cache_step != self.global_step)
+                  or (enc.cache is None and self._history_from_cache)):
+                # history items read through the item tower always take the cache (B x L items per step, no
+                # gradients to the backbone): build it before the first step rather than run them live
                 build_sharded(enc, rank, world, gather)
         if training and every:
             self._cache_step = self.global_step
