@@ -147,11 +147,16 @@ def summarize(out: Path, suite: str, seeds: tuple[int, ...]) -> dict:
         rows = {seed: read_run(run_dir(out, suite, v, seed), s) for seed in seeds}
         rows = {k: r for k, r in rows.items() if r is not None}
         if rows:
-            keys = list(next(iter(rows.values())))
-            res[v] = {"seeds": sorted(rows), "per_seed": rows,
-                      **{k: {"mean": float(np.mean([r[k] for r in rows.values()])),
-                             "std": float(np.std([r[k] for r in rows.values()]))} for k in keys}}  # fmt: skip
+            res[v] = aggregate(rows)
     return res
+
+
+def aggregate(per_seed: dict) -> dict:
+    """seed -> {metric: value} as {"seeds", "per_seed", metric: {"mean", "std" (population)}}."""
+    keys = list(next(iter(per_seed.values())))
+    return {"seeds": sorted(per_seed), "per_seed": per_seed,
+            **{k: {"mean": float(np.mean([r[k] for r in per_seed.values()])),
+                   "std": float(np.std([r[k] for r in per_seed.values()]))} for k in keys}}  # fmt: skip
 
 
 def peer_rows(path: Path, s: Suite) -> dict:
@@ -166,10 +171,7 @@ def peer_rows(path: Path, s: Suite) -> dict:
             row = {f"valid {k}": m["valid"]["masked"][k] for k in s.metrics}
             row.update({f"test {k}": m["test"]["masked"][k] for k in s.metrics})
             per_seed[r["seed"]] = row
-        keys = list(next(iter(per_seed.values())))
-        res[f"RecBole {model}"] = {"seeds": sorted(per_seed), "per_seed": per_seed,
-                                   **{k: {"mean": float(np.mean([r[k] for r in per_seed.values()])),
-                                          "std": float(np.std([r[k] for r in per_seed.values()]))} for k in keys}}  # fmt: skip
+        res[f"RecBole {model}"] = aggregate(per_seed)
     return res
 
 

@@ -107,3 +107,17 @@ def write_tiny_dataset(
         pq.write_table(table, root / "train" / f"part-{i:05d}.parquet", row_group_size=row_group_rows)
         start += rows
     return TinyDataset(root, user, item, rating, timestamp, seq_pos, popularity, tuple(shard_rows))
+
+
+def prepare_tiny(out: Path) -> Path:
+    """`fusionrec data prepare configs/data/tiny.yaml --out OUT` for real (offline MiniLM tokenizer); returns OUT."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    p = subprocess.run([sys.executable, "-m", "trainer.cli", "data", "prepare", "configs/data/tiny.yaml", "--out", str(out)],
+                       cwd=repo, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    return out

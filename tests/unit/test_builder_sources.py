@@ -4,29 +4,21 @@ Built on the tiny fixture prepared for real (MiniLM text, attributes)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from data_modules.side import SideData
+from tests.helpers.tiny_dataset import prepare_tiny
 from trainer.model.builder import ItemTowerView, build_two_tower
 from trainer.model.config import ModelConfig
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def side(tmp_path_factory) -> SideData:
     out = tmp_path_factory.mktemp("builder") / "tiny"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    p = subprocess.run([sys.executable, "-m", "trainer.cli", "data", "prepare", "configs/data/tiny.yaml", "--out", str(out)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stdout + p.stderr
+    prepare_tiny(out)
     return SideData(out)
 
 

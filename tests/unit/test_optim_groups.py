@@ -6,31 +6,24 @@ parameter the shipped model has is named here with its group, learning rate and 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from data_modules.side import SideData
+from tests.helpers.tiny_dataset import prepare_tiny
 from trainer.engine.module import FusionModule
 from trainer.engine.optim import OptimConfig, param_groups, param_roles
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[2]
 OPTIM = {"lr": 0.01, "weight_decay": 0.1, "embedding_weight_decay": 0.001, "text_lr": 5e-5, "text_weight_decay": 0.01}
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("optim") / "tiny"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    p = subprocess.run([sys.executable, "-m", "trainer.cli", "data", "prepare", "configs/data/tiny.yaml", "--out", str(out)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return out
+    return prepare_tiny(out)
 
 
 def _module(prepared: Path, mode: str) -> FusionModule:

@@ -67,7 +67,7 @@ class SequenceEncoder(nn.Module):
         # positions count from the right), so drop them; short histories then cost what they hold, not max_len.
         # One column always stays, so every rank's step runs the same parameters (DDP / ZeRO expect that).
         used = valid.any(dim=0)
-        first = min(int(used.to(torch.int8).argmax()) if bool(used.any()) else used.numel(), max(used.numel() - 1, 0))
+        first = int(used.to(torch.int8).argmax()) if bool(used.any()) else max(used.numel() - 1, 0)
         history, valid = history[:, first:], valid[:, first:]
         b, length = history.shape
         if length == 0:
