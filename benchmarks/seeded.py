@@ -53,6 +53,7 @@ _REPR = ["--model.model.sequence.item_repr"]
 FUSED_ITEMS = _list("--model.model.sources", ["id", "tabular", "text", "sequence"])
 NO_DROPOUT = ["--model.model.source_dropout", "{}"]
 # later flags override earlier ones, so a variant may follow this with its own item_repr or source_dropout
+FULL_CATALOG = ["--model.loss.full_catalog", "true", "--data.num_negatives", "0"]
 USER_IS_HISTORY = [*_list("--model.model.user_sources", ["sequence"]), *_REPR, "item_tower", *NO_DROPOUT]
 
 SUITES: dict[str, Suite] = {
@@ -88,6 +89,10 @@ SUITES: dict[str, Suite] = {
             # the user tower also gets a user-id embedding (the pre-fix default: fits the validation target)
             "fused_user_id": [*FUSED_ITEMS, *_list("--model.model.user_sources", ["id", "sequence"]), *_REPR, "item_tower",
                               *NO_DROPOUT],
+            # the same three with the exact softmax over all 900 items (RecBole SASRec's CE) instead of sampled negatives
+            "fused_full": [*FUSED_ITEMS, *USER_IS_HISTORY, *FULL_CATALOG],
+            "id_seq_full": [*_list("--model.model.sources", ["id", "sequence"]), *USER_IS_HISTORY, *_REPR, "id", *FULL_CATALOG],
+            "text_seq_full": [*_list("--model.model.sources", ["text", "sequence"]), *USER_IS_HISTORY, *FULL_CATALOG],
         },
     ),
 }

@@ -167,3 +167,21 @@ def test_rating_head_adds_offsets_and_a_learned_scale_to_the_score():
                                   rating_pred=got))
     loss.backward()
     assert head.scale.grad is not None and head.global_bias.grad is not None
+
+
+def test_full_catalog_softmax_is_the_exact_cross_entropy():
+    catalog = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.3, 1.0, 0.2, 0.1]])
+    s = Scores(pos=catalog[[0, 1], [0, 3]], pos_items=torch.tensor([0, 3]), catalog=catalog,
+               in_batch=torch.zeros(2, 2), pos_logq=torch.tensor([log(0.5), log(0.25)]))  # ignored: nothing sampled
+    t = 0.5
+    want = [-(row[i] / t) + log(sum(exp(v / t) for v in row)) for row, i in zip(catalog.tolist(), [0, 3])]
+    got = SampledSoftmaxLoss(temperature=t)(s)
+    assert got.item() == pytest.approx(sum(want) / 2, rel=1e-6)
+
+
+def test_full_catalog_takes_only_objectives_without_sampled_negatives():
+    from trainer.model.config import LossConfig
+
+    LossConfig(weights={"softmax": 1.0, "mse": 0.1}, full_catalog=True)
+    with pytest.raises(ValueError, match="full_catalog.*bpr"):
+        LossConfig(weights={"bpr": 1.0}, full_catalog=True)

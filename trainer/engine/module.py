@@ -135,6 +135,8 @@ class FusionModule(pl.LightningModule):
         t = self.towers
         ctx = t.context(batch)
         user, ugates = self._vectors(t.encode_users(batch["user"], ctx))
+        if self.loss_cfg.full_catalog:
+            return self._full_catalog_step(batch, ctx, user, ugates)
         pos, igates = self._vectors(t.encode_items(batch["item"], ctx))
         neg = None
         if "neg_items" in batch and batch["neg_items"].numel():
@@ -144,7 +146,25 @@ class FusionModule(pl.LightningModule):
         candidates, batch = global_candidates(pos, batch, self.item_log_pop)
         rating_pred = self._rating(batch["user"], batch["item"], (user * pos).sum(-1))
         scores = Scores.from_vectors(user, pos, neg, batch, rating_pred=rating_pred, candidates=candidates)
-        total, terms = self.objective(scores)
+        return self._log_step(self.objective(scores), batch, ugates, igates)
+
+    def _full_catalog_step(self, batch: dict[str, Tensor], ctx: dict[str, Any], user: Tensor,
+                           ugates: Tensor | None) -> Tensor:
+        """`loss.full_catalog`: every item encoded (with gradients) and scored; the same at any world size, since
+        each rank scores its rows against the whole catalog and nothing is gathered."""
+        t = self.towers
+        items, gates = self._vectors(t.encode_items(torch.arange(t.n_items, device=user.device), ctx))
+        pos = items[batch["item"]]
+        rating_pred = self._rating(batch["user"], batch["item"], (user * pos).sum(-1))
+        scores = Scores(pos=(user * pos).sum(-1), pos_items=batch["item"], catalog=user @ items.T,
+                        rating=batch.get("rating"), rating_pred=rating_pred)
+        igates = None if gates is None else gates[batch["item"]]
+        return self._log_step(self.objective(scores), batch, ugates, igates)
+
+    def _log_step(self, objective: tuple[Tensor, dict[str, Tensor]], batch: dict[str, Tensor],
+                  ugates: Tensor | None, igates: Tensor | None) -> Tensor:
+        total, terms = objective
+        t = self.towers
         bs = batch["user"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=bs)
         for name, value in terms.items():

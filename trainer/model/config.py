@@ -121,6 +121,8 @@ class LossConfig:
     """(float) softmax temperature (scores / temperature)."""
     logq_correction: bool = True
     """(bool) subtract log sampling probability from negative logits (undo popularity bias)."""
+    full_catalog: bool = False
+    """(bool) softmax: every item of the catalog is a candidate (exact cross-entropy, as RecBole's SASRec `CE`; no sampling, no logQ; in-batch and sampled negatives unused). Costs the item tower over all items each step: for catalogs up to ~1e5 items with cached (frozen) text."""
 
     def __post_init__(self) -> None:
         bad = set(self.weights) - {"softmax", "bpr", "bce", "mse"}
@@ -128,3 +130,6 @@ class LossConfig:
             raise ValueError(f"loss.weights={self.weights}: expected objectives from softmax, bpr, bce, mse")
         if self.temperature <= 0:
             raise ValueError(f"loss.temperature={self.temperature}: expected > 0")
+        if self.full_catalog and set(self.weights) - {"softmax", "mse"}:
+            raise ValueError(f"loss.full_catalog=true with loss.weights={self.weights}: the full catalog replaces "
+                             "sampled negatives, so only softmax (and mse) apply; bpr / bce need sampled negatives")

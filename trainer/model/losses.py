@@ -42,6 +42,8 @@ class Scores:
     """(B,) observed ratings, NaN = none."""
     rating_pred: Tensor | None = None
     """(B,) predicted ratings; MSE falls back to `pos` when None."""
+    catalog: Tensor | None = None
+    """(B, n_items) scores of every user against every item (full-catalog softmax); `pos_items` index the targets."""
 
     @classmethod
     def from_vectors(
@@ -110,7 +112,8 @@ class SampledSoftmaxLoss(nn.Module):
     in-batch candidates (`cand_logq`), the sampled negatives (`neg_logq`) and the target (`pos_logq`) — so the
     sampled softmax estimates the full softmax (`mixed_log_q` says which Q). In-batch columns holding the
     row's own positive item (its own column and duplicates), and sampled negatives equal to it (accidental
-    hits), are masked out; the target is column 0.
+    hits), are masked out; the target is column 0. With `Scores.catalog` (every item scored) it is the exact
+    cross-entropy over the catalog instead: nothing is sampled, so nothing is corrected or masked.
     """
 
     def __init__(self, temperature: float = 1.0, in_batch: bool = True, logq_correction: bool = True):
@@ -121,6 +124,8 @@ class SampledSoftmaxLoss(nn.Module):
 
     def forward(self, s: Scores) -> Tensor:
         t = self.temperature
+        if s.catalog is not None:
+            return F.cross_entropy(s.catalog / t, s.pos_items)
         correct = self.logq_correction
         pos = s.pos / t
         if correct and s.pos_logq is not None:
