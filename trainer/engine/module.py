@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from data_modules.side import SideData
+from trainer.engine.backbone_weights import restore_frozen_backbones, strip_frozen_backbones
 from trainer.engine.collectives import gather_rows
 from trainer.engine.dataset_guard import KEY as DATASET_KEY
 from trainer.engine.dataset_guard import check_dataset, dataset_identity
@@ -121,12 +122,15 @@ class FusionModule(pl.LightningModule):
         current = self._dataset()
         if current is not None:
             checkpoint[DATASET_KEY] = current
+        # frozen text-backbone weights are rebuilt from their source on load (trainer/engine/backbone_weights.py)
+        strip_frozen_backbones(self, checkpoint, self._trainer.strategy if self._trainer is not None else None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         current = self._dataset()
+        path = getattr(self._trainer, "ckpt_path", None) or "(loaded checkpoint)"
         if current is not None:
-            path = getattr(self._trainer, "ckpt_path", None) or "(loaded checkpoint)"
             check_dataset(checkpoint.get(DATASET_KEY), current, str(path), self.allow_dataset_change)
+        restore_frozen_backbones(self, checkpoint, str(path))
 
     # -- training ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -33,6 +33,8 @@ from tqdm import tqdm
 from data_modules import layout
 from data_modules.evaluation import RankingEvalSet
 from data_modules.side import SideData
+from trainer.engine.backbone_weights import KEY as BACKBONES_KEY
+from trainer.engine.backbone_weights import restore_frozen_backbones
 from trainer.engine.checkpointing import load_weights_only
 from trainer.engine.dataset_guard import KEY as DATASET_KEY
 from trainer.engine.dataset_guard import check_dataset, dataset_identity
@@ -50,15 +52,17 @@ def find_run_config(checkpoint: Path) -> Path:
     raise FileNotFoundError(f"no config.yaml next to {checkpoint} or in its parent folder: pass --config RUN.yaml")
 
 
-def load_checkpoint(checkpoint: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(the module's state dict, the checkpoint's `fusionrec_dataset` record or None) from a Lightning checkpoint
-    file or a DeepSpeed checkpoint folder; both read with weights_only loads."""
+def load_checkpoint(checkpoint: Path) -> dict[str, Any]:
+    """A Lightning checkpoint file, or a DeepSpeed checkpoint folder as one (`state_dict` consolidated to fp32, and
+    the client state's `fusionrec_dataset`); both read with weights_only loads. The state dict of a file
+    lacks its frozen text-backbone weights (trainer/engine/backbone_weights.py)."""
     if checkpoint.is_dir():
         from trainer.engine.strategies import consolidate_zero_checkpoint, zero_client_state
 
-        return consolidate_zero_checkpoint(checkpoint), zero_client_state(checkpoint).get(DATASET_KEY)
-    ckpt = load_weights_only(checkpoint)
-    return ckpt["state_dict"], ckpt.get(DATASET_KEY)
+        client = zero_client_state(checkpoint)  # also holds DeepSpeed's own copy of the module: keep our records only
+        return {**{k: client[k] for k in (DATASET_KEY, BACKBONES_KEY) if k in client},
+                "state_dict": consolidate_zero_checkpoint(checkpoint)}
+    return load_weights_only(checkpoint)
 
 
 def load_model(checkpoint: str | Path, config: str | Path | None = None,
@@ -73,11 +77,12 @@ def load_model(checkpoint: str | Path, config: str | Path | None = None,
     model = FusionModule(**{k: v for k, v in cfg["model"].items() if not k.startswith("_")})
     dataset_dir = Path(data["dataset_dir"]).expanduser()
     side = SideData(dataset_dir)
-    state, stored = load_checkpoint(checkpoint)
-    check_dataset(stored, dataset_identity(side.manifest, dataset_dir), str(checkpoint), allow_dataset_change,
-                  override="--allow-dataset-change")
+    ckpt = load_checkpoint(checkpoint)
+    check_dataset(ckpt.get(DATASET_KEY), dataset_identity(side.manifest, dataset_dir), str(checkpoint),
+                  allow_dataset_change, override="--allow-dataset-change")
     model.build_towers(side, int(data.get("history_len", 50)))
-    model.load_state_dict(state, strict=True)
+    restore_frozen_backbones(model, ckpt, str(checkpoint))  # verified against the recorded digest, then filled in
+    model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.eval(), data | {"config_path": str(cfg_path)}
 
 
