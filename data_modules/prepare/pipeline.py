@@ -19,6 +19,7 @@ from data_modules.prepare.clean import clean_interactions
 from data_modules.prepare.config import PrepareConfig
 from data_modules.prepare.features import encode_fields, encode_graphs
 from data_modules.prepare.filter import filter_interactions
+from data_modules.prepare.lock import build_lock
 from data_modules.prepare.plausible import PROVENANCE, check_timestamps, clean_graphs, trim_ids
 from data_modules.prepare.split import TEST, TRAIN, VALID, split_interactions
 from data_modules.prepare.text import render_texts, tokenize
@@ -60,16 +61,36 @@ def fingerprint(cfg: PrepareConfig) -> str:
     return h.hexdigest()
 
 
-def prepare(cfg: PrepareConfig, force: bool = False) -> PrepareResult:
+def prepare(cfg: PrepareConfig, force: bool = False, lock_timeout: float | None = None) -> PrepareResult:
+    """Build the prepared folder `cfg.output.dir`, or reuse it when its fingerprint matches (unless `force`).
+
+    Safe to run from several processes or nodes at once (shared filesystem): one builds under the folder's build
+    lock (prepare/lock.py), the others wait for it and reuse what it wrote; `force` then does not build twice."""
     out = Path(cfg.output.dir).expanduser()
     fp = fingerprint(cfg)
+    if not force and (done := _up_to_date(out, fp)) is not None:
+        return done
+    with build_lock(out, timeout=lock_timeout) as waited:
+        if (not force or waited) and (done := _up_to_date(out, fp, say_stale=False)) is not None:
+            return done  # another process built it while we waited
+        return _build(cfg, out, fp)
+
+
+def _up_to_date(out: Path, fp: str, say_stale: bool = True) -> PrepareResult | None:
     manifest_path = out / layout.MANIFEST
-    if not force and manifest_path.exists():
-        old = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if old.get("fingerprint") == fp:
-            log.info("prepared dataset at %s is up to date (fingerprint %s): nothing to do", out, fp[:12])
-            return PrepareResult(out, old, reused=True)
-        log.info("inputs or options changed since %s was prepared: rebuilding", out)
+    if not manifest_path.exists():
+        return None
+    old = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if old.get("fingerprint") != fp:
+        if say_stale:
+            log.info("inputs or options changed since %s was prepared: rebuilding", out)
+        return None
+    log.info("prepared dataset at %s is up to date (fingerprint %s): nothing to do", out, fp[:12])
+    return PrepareResult(out, old, reused=True)
+
+
+def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
+    """Read, clean, filter, index, split, tokenize and write `out` atomically; the caller holds the build lock."""
     t0 = time.perf_counter()
     tables = read_source(cfg.source)
     tables.validate()

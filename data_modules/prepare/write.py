@@ -25,9 +25,12 @@ from data_modules import layout
 
 @contextlib.contextmanager
 def atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder; on success it replaces `out`, on any exception (Ctrl-C too) it is deleted."""
+    """Yield a fresh temporary folder; on success it replaces `out`, on any exception (Ctrl-C too) it is deleted.
+
+    The caller holds `out`'s build lock (prepare/lock.py), so the hidden `.tmp-` / `.old-` folders found here are
+    leftovers of a builder that was killed (SIGKILL leaves them: no `finally` runs), never another one's work."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -76,14 +79,15 @@ def write_shards(df: pd.DataFrame, folder: Path, root: Path, shard_rows: int, bl
 
 
 def write_side(arrays: dict[str, np.ndarray], root: Path) -> dict[str, Any]:
-    """Save each array as `side/<name>.npy` (memory-mappable); return {name: {shape, dtype, sha256}}."""
+    """Save each array as `side/<name>.npy` (memory-mappable); return {name: {shape, dtype, bytes, sha256}}."""
     side = root / layout.SIDE
     side.mkdir(exist_ok=True)
     out = {}
     for name, arr in sorted(arrays.items()):
         path = side / f"{name}.npy"
         np.save(path, np.ascontiguousarray(arr))
-        out[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": sha256_file(path)}
+        out[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": path.stat().st_size,
+                     "sha256": sha256_file(path)}
     return out
 
 
