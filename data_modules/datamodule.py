@@ -24,7 +24,8 @@ class FusionDataModule(pl.LightningDataModule):
     Args:
         dataset_dir: the prepared dataset folder (manifest.json + shards).
         prepare_config: optional prepare YAML; `prepare_data` runs it first (rank 0 of each node; a no-op when
-            the fingerprint matches), so one run config goes from raw files to a trained model.
+            the fingerprint matches), so one run config goes from raw files to a trained model. Nodes sharing a
+            filesystem build it once: the others wait on the folder's build lock and reuse it.
         batch_size: GLOBAL training batch (summed over ranks); each rank gets batch_size / world_size rows.
         eval_batch_size: users per evaluation batch on each rank.
         history_len: L, items of the user's history in each example.
@@ -36,7 +37,8 @@ class FusionDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers per rank for training.
         buffer_blocks: shuffle window in blocks (row groups); memory stays bounded by it.
         seed: fixes the example order and negatives per epoch, for any world size.
-        verify: check every shard's sha256 against the manifest at setup.
+        verify: check every shard's and side array's sha256 against the manifest at setup (once per process: the
+            loaders then only compare sizes). False skips hashing; sizes are still checked when a file is opened.
         predict_split: which users `fusionrec predict` ranks for (their held-out items are not used).
     """
 
@@ -78,7 +80,7 @@ class FusionDataModule(pl.LightningDataModule):
         manifest = load_manifest(self.dataset_dir)
         if self.hparams.verify:
             verify_checksums(self.dataset_dir, manifest)
-        self.side = SideData(self.dataset_dir, manifest)
+        self.side = SideData(self.dataset_dir, manifest, verify=self.hparams.verify)
         c = manifest["counts"]
         log.info("dataset %s: %d users, %d items, train/valid/test %d/%d/%d (rank %d of %d)", self.dataset_dir, c["users"],
                  c["items"], c["train"], c["valid"], c["test"], self._rank(), self._world())
@@ -96,7 +98,7 @@ class FusionDataModule(pl.LightningDataModule):
                                  history_mode=self.resolved_history_mode(),
                                  num_negatives=h.num_negatives, negative_sampler=h.negative_sampler,
                                  popularity_alpha=h.popularity_alpha, seed=h.seed, buffer_blocks=h.buffer_blocks,
-                                 rank=self._rank(), world_size=self._world())
+                                 rank=self._rank(), world_size=self._world(), verify=h.verify)
             self._train = ResumableLoader(DataLoader(stream, batch_size=None, num_workers=h.num_workers))
         if self.trainer is not None:
             self._train.set_epoch(self.trainer.current_epoch)
@@ -112,7 +114,8 @@ class FusionDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         assert self.side is not None, "call setup() first"
-        ds = RankingEvalSet(self.dataset_dir, self.side.manifest, split, self.hparams.history_len, self._rank(), self._world())
+        ds = RankingEvalSet(self.dataset_dir, self.side.manifest, split, self.hparams.history_len, self._rank(), self._world(),
+                            verify=self.hparams.verify)
         return DataLoader(ds, batch_size=self.hparams.eval_batch_size, shuffle=False, collate_fn=ds.collate)
 
     def val_dataloader(self) -> DataLoader:

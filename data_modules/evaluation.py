@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
-from data_modules import layout
+from data_modules.integrity import check_shard, check_side, load_npy, read_parquet
 
 
-def read_split(root: Path, manifest: dict, split: str) -> pd.DataFrame:
-    frames = [pq.read_table(root / s["path"]).to_pandas() for s in manifest["shards"][split]]
+def read_split(root: Path, manifest: dict, split: str, verify: bool = True) -> pd.DataFrame:
+    """Every row of `split`, its shards checked against the manifest first (size; sha256 unless `verify=False`)."""
+    frames = [read_parquet(check_shard(root, split, s, hash=verify)).to_pandas() for s in manifest["shards"][split]]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["user", "item", "rating", "timestamp"])
 
 
@@ -38,16 +38,16 @@ class RankingEvalSet(Dataset):
         target_rows / target_cols (nnz,) long and target_ratings (nnz,) float: the held-out items.
     """
 
-    def __init__(self, root: str | Path, manifest: dict, split: str, history_len: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, root: str | Path, manifest: dict, split: str, history_len: int, rank: int = 0, world_size: int = 1,
+                 verify: bool = True):
         if split not in ("valid", "test"):
             raise ValueError(f"split={split!r}: expected valid|test")
         root = Path(root)
         n_users = manifest["counts"]["users"]
-        side = root / layout.SIDE
-        h_off = np.load(side / "history_offsets.npy")
-        h_items = np.load(side / "history_items.npy")
-        target = read_split(root, manifest, split)
-        extra = read_split(root, manifest, "valid") if split == "test" else None
+        h_off, h_items = (load_npy(check_side(root, name, manifest["side"][name], hash=verify), mmap=False)
+                          for name in ("history_offsets", "history_items"))
+        target = read_split(root, manifest, split, verify)
+        extra = read_split(root, manifest, "valid", verify) if split == "test" else None
         # sequence to condition on: train items (time order), then valid items (time order) for the test split
         seq_users = np.repeat(np.arange(len(h_off) - 1), np.diff(h_off))
         seq_items = h_items

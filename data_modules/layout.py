@@ -1,6 +1,7 @@
 """The on-disk layout of a prepared dataset folder: one place that names every file.
 
-    <dir>/manifest.json                  schema, vocabularies, statistics, split, shard list (rows, sha256)
+    <dir>/manifest.json                  schema, vocabularies, statistics, split, shard list (rows, bytes, sha256),
+                                         side arrays (shape, dtype, bytes, sha256); checked on open (integrity.py)
     <dir>/quarantine.jsonl               a sample of rejected rows (rule, file, row, reason, record)
     <dir>/train/part-00000.parquet ...   columns: user int32, item int32, rating float32 (NaN = none),
                                          timestamp int64, seq_pos int32 (index of this interaction in the

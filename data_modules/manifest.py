@@ -8,7 +8,7 @@ from typing import Any
 
 from data_modules import layout
 from data_modules.errors import DataError
-from data_modules.prepare.write import sha256_file
+from data_modules.integrity import check_shard, check_side
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
@@ -41,20 +41,13 @@ def check_paths(root: str | Path, manifest: dict[str, Any], path: str | Path) ->
 
 
 def verify_checksums(root: str | Path, manifest: dict[str, Any]) -> None:
-    """Raise DataError naming the first shard or side array whose bytes do not match the manifest."""
-    root = Path(root)
+    """Raise DataError naming the first shard or side array whose size or sha256 does not match the manifest
+    (the hashes are remembered for this process: data_modules/integrity.py)."""
     for split, shards in manifest["shards"].items():
         for s in shards:
-            p = root / s["path"]
-            if not p.exists():
-                raise DataError(f"{split} shard listed in the manifest is missing", path=p)
-            if sha256_file(p) != s["sha256"]:
-                raise DataError(f"{split} shard checksum does not match the manifest (expected sha256 {s['sha256'][:16]}…): "
-                                "the file changed after preparation; re-run `fusionrec data prepare`", path=p)
+            check_shard(root, split, s)
     for name, info in manifest.get("side", {}).items():
-        p = root / layout.SIDE / f"{name}.npy"
-        if not p.exists() or sha256_file(p) != info["sha256"]:
-            raise DataError("side array missing or checksum does not match the manifest; re-run `fusionrec data prepare`", path=p)
+        check_side(root, name, info)
 
 
 def format_manifest(m: dict[str, Any], root: str | Path) -> str:

@@ -12,14 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from data_modules import layout
+from data_modules.integrity import check_side, load_npy
 from data_modules.manifest import load_manifest
 
 
 class SideData:
-    def __init__(self, root: str | Path, manifest: dict[str, Any] | None = None):
+    """Side arrays of the prepared folder `root`; each is checked against the manifest when first opened (size,
+    and sha256 once per process unless `verify=False`: data_modules/integrity.py)."""
+
+    def __init__(self, root: str | Path, manifest: dict[str, Any] | None = None, verify: bool = True):
         self.root = Path(root)
         self.manifest = manifest or load_manifest(self.root)
+        self.verify = verify
         self._cache: dict[str, np.ndarray] = {}
 
     @property
@@ -38,7 +42,8 @@ class SideData:
         if name not in self._cache:
             if not self.has(name):
                 raise KeyError(f"side array {name!r} not in {self.root} (have {sorted(self.manifest.get('side', {}))})")
-            self._cache[name] = np.load(self.root / layout.SIDE / f"{name}.npy", mmap_mode="r")
+            path = check_side(self.root, name, self.manifest["side"][name], hash=self.verify)
+            self._cache[name] = load_npy(path)
         return self._cache[name]
 
     def fields(self, entity: str) -> dict[str, Any]:

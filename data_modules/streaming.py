@@ -27,12 +27,15 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from data_modules.errors import DataError
-from data_modules.layout import SIDE
+from data_modules.integrity import check_shard, check_side, load_npy, open_parquet
+from data_modules.layout import MANIFEST, SIDE
+from data_modules.manifest import load_manifest
 from data_modules.sampling import NegativeSampler, build_sampler
 
 COLUMNS = ("user", "item", "rating", "seq_pos")
@@ -65,6 +68,8 @@ class TrainStream(IterableDataset):
             ranks (ValueError when it has fewer rows than there are ranks).
         rank, world_size: this process's place; passed in, never read from torch.distributed.
         side_dir: folder of the side arrays; default `<source>/side` (required when `source` is a list).
+        verify: when `source` is a prepared folder, its shards and side arrays are checked against the manifest
+            as they are opened: size always, sha256 once per process unless False (data_modules/integrity.py).
 
     Yields dicts of tensors for b rows (b = global_batch_size / world_size, fewer in a kept last batch):
         user (b,) int64, item (b,) int64 (the positive), rating (b,) float32 (NaN = none),
@@ -93,6 +98,7 @@ class TrainStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         side_dir: str | Path | None = None,
+        verify: bool = True,
     ):
         super().__init__()
         self._files: dict[int, pq.ParquetFile] = {}  # opened lazily, once per process
@@ -112,7 +118,16 @@ class TrainStream(IterableDataset):
         _check(0 <= seed < 2**32, "seed", seed, "in [0, 2**32)")
         _check(buffer_blocks > 0, "buffer_blocks", buffer_blocks, "> 0")
         _check(block_rows is None or block_rows > 0, "block_rows", block_rows, "> 0 or None")
-        if isinstance(source, (str, Path)):
+        self._side_info: dict[str, dict] = {}  # side array -> its manifest entry (checked when first opened)
+        self.verify = verify
+        if isinstance(source, (str, Path)) and (Path(source) / MANIFEST).is_file():
+            # the manifest is the list of shards (a stray file in train/ is not streamed), each checked before use
+            manifest = load_manifest(source)
+            self.shards = [str(check_shard(source, "train", s, hash=verify)) for s in manifest["shards"]["train"]]
+            side_dir = Path(source) / SIDE if side_dir is None else side_dir
+            if Path(side_dir) == Path(source) / SIDE:
+                self._side_info = dict(manifest.get("side") or {})
+        elif isinstance(source, (str, Path)):
             self.shards = sorted(str(p) for p in (Path(source) / "train").glob("*.parquet"))
             side_dir = Path(source) / SIDE if side_dir is None else side_dir
         else:
@@ -220,10 +235,14 @@ class TrainStream(IterableDataset):
 
     def _read_group(self, shard: int, group: int) -> dict[str, np.ndarray]:
         if shard not in self._files:
-            self._files[shard] = pq.ParquetFile(self.shards[shard])
+            self._files[shard] = open_parquet(self.shards[shard])
         pf = self._files[shard]
         names = [c for c in COLUMNS if c in pf.schema_arrow.names]
-        table = pf.read_row_group(group, columns=names, use_threads=False)
+        try:
+            table = pf.read_row_group(group, columns=names, use_threads=False)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"row group {group} cannot be read ({e}): the shard is damaged; re-run "
+                            "`fusionrec data prepare`", path=self.shards[shard]) from None
         out = {c: table.column(c).to_numpy() for c in names}
         if "rating" not in out:
             out["rating"] = np.full(table.num_rows, np.nan, dtype=np.float32)
@@ -277,7 +296,9 @@ class TrainStream(IterableDataset):
     def _side(self, name: str) -> np.ndarray:
         """A side array, memory-mapped once per process."""
         if name not in self._side_arrays:
-            self._side_arrays[name] = np.load(self.side_dir / f"{name}.npy", mmap_mode="r")
+            if name in self._side_info:
+                check_side(self.side_dir.parent, name, self._side_info[name], hash=self.verify)
+            self._side_arrays[name] = load_npy(self.side_dir / f"{name}.npy")
         return self._side_arrays[name]
 
     def __getstate__(self) -> dict:
@@ -307,7 +328,7 @@ def _check(ok: bool, name: str, value: object, expected: str) -> None:
 
 def _row_group_offsets(path: str) -> np.ndarray:
     """First row of each row group and the row count at the end: (n_row_groups + 1,) int64."""
-    meta = pq.ParquetFile(path).metadata
+    meta = open_parquet(path).metadata
     rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     return np.concatenate([[0], np.cumsum(rows, dtype=np.int64)]).astype(np.int64)
 
