@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -73,7 +74,14 @@ def prepare(cfg: PrepareConfig, force: bool = False, lock_timeout: float | None 
     with build_lock(out, timeout=lock_timeout) as waited:
         if (not force or waited) and (done := _up_to_date(out, fp, say_stale=False)) is not None:
             return done  # another process built it while we waited
-        return _build(cfg, out, fp)
+        try:
+            return _build(cfg, out, fp)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            kept = f"the prepared folder {out} is unchanged" if (out / layout.MANIFEST).exists() else "nothing was written"
+            raise DataError(f"{e.strerror} while preparing {out}: the temporary folder was removed and {kept}; free "
+                            "space and run `fusionrec data prepare` again", path=getattr(e, "filename", None)) from e
 
 
 def _up_to_date(out: Path, fp: str, say_stale: bool = True) -> PrepareResult | None:

@@ -2,9 +2,11 @@
 
 `AtomicCheckpointIO` writes `<name>.tmp-<pid>` in the checkpoint's folder, fsyncs it and `os.replace`s it over the
 target, so a process killed during a save leaves the previous checkpoint intact (a rename within one filesystem
-is atomic; the plain `TorchCheckpointIO` truncates the target first). Loading always uses
-`torch.load(weights_only=True)`: tensors, containers and primitives only, so a checkpoint from an untrusted path
-cannot run code. Our checkpoints hold only such types (hyper-parameters are plain dicts, the loader position is
+is atomic; the plain `TorchCheckpointIO` truncates the target first); a full disk (ENOSPC) mid-write is the same
+case, reported as such. Before loading, a checkpoint file's zip structure and CRC-32s are checked
+(`check_checkpoint_file`), so a truncated or damaged file is a `CheckpointCorruptError` naming it, not a miniz or
+unpickler trace. Loading always uses `torch.load(weights_only=True)`: tensors, containers and primitives only, so
+a checkpoint from an untrusted path cannot run code. Our checkpoints hold only such types (hyper-parameters are plain dicts, the loader position is
 ints).
 
 `RestoreLoaderPosition` makes `fusionrec fit --ckpt_path <mid-epoch.ckpt>` continue at the saved batch; see its
@@ -13,8 +15,11 @@ docstring for the Lightning bug it works around.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,6 +49,12 @@ def atomic_torch_save(obj: Any, path: _PATH) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(e.errno, f"{e.strerror} while writing checkpoint {path}: nothing was replaced, "
+                      f"{'the previous ' + path.name + ' is unchanged' if path.exists() else 'no file was written'}; "
+                      "free space and resume from the last checkpoint") from e
     finally:
         tmp.unlink(missing_ok=True)  # only left when the write failed
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -53,8 +64,34 @@ def atomic_torch_save(obj: Any, path: _PATH) -> None:
         os.close(dir_fd)
 
 
+class CheckpointCorruptError(ValueError):
+    """A checkpoint file that is truncated, damaged or not a PyTorch checkpoint; the message names the file."""
+
+
+def check_checkpoint_file(path: _PATH) -> None:
+    """Raise CheckpointCorruptError naming `path` unless it is a complete zip archive (what `torch.save` writes)
+    whose every member matches its CRC-32. torch itself checks no CRC: a flipped bit in a tensor loads silently,
+    and a truncated or damaged file fails deep in the unpickler or miniz with a message that names no file.
+    Reads the file once (~GB/s); a folder (a DeepSpeed checkpoint) or a missing path is left to the loader."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    advice = "use another checkpoint (the previous last.ckpt, a best-*.ckpt) or re-run training"
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
+        raise CheckpointCorruptError(f"checkpoint {path} ({path.stat().st_size} bytes) is not a complete PyTorch "
+                                     f"checkpoint ({e}): the file is truncated or damaged; {advice}") from None
+    if bad is not None:
+        raise CheckpointCorruptError(f"checkpoint {path}: its part {bad!r} fails its CRC-32 check: the file is "
+                                     f"damaged; {advice}")
+
+
 def load_weights_only(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
-    """`torch.load(path, weights_only=True)`; `pickle.UnpicklingError` for a file holding arbitrary objects."""
+    """`torch.load(path, weights_only=True)`; `pickle.UnpicklingError` for a file holding arbitrary objects,
+    CheckpointCorruptError for a truncated or damaged one."""
+    check_checkpoint_file(path)
     with open(path, "rb") as f:
         return torch.load(f, map_location=map_location, weights_only=True)
 
@@ -74,6 +111,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # weights_only is forced: `--weights_only false` must not turn a checkpoint path into code execution
         if weights_only is False:
             log.warning("ignoring weights_only=False: fusionrec checkpoints load with weights_only=True")
+        if _is_local(path):
+            check_checkpoint_file(path)
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
