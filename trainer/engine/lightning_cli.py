@@ -7,18 +7,30 @@ arguments, and the strategy is chosen by name (see trainer/engine/strategies.py)
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.cli import LightningCLI
 
 from data_modules.datamodule import FusionDataModule
 from trainer.engine.checkpointing import RestoreLoaderPosition, with_atomic_checkpoint_io
 from trainer.engine.module import FusionModule
+from trainer.engine.progress import FusionModelSummary, ProgressLines, progress_bar_wanted
 
 log = logging.getLogger("fusionrec")
 
 
 class FusionCLI(LightningCLI):
+    """Args (beyond LightningCLI's): predict_writer: makes the callback that writes `predict`'s output when the
+    config lists none (trainer/cli.py passes trainer.inference.prediction_writer.PredictionWriter: the engine knows
+    no output format)."""
+
+    def __init__(self, *args, predict_writer: Callable[[], BasePredictionWriter] | None = None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self.predict_writer = predict_writer
+        super().__init__(*args, **kwargs)  # LightningCLI parses, builds and runs the subcommand in here
+
     def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
         parser.add_argument("--strategy_name", default="single",
                             help="single | ddp | deepspeed_stage_1 | deepspeed_stage_2 | deepspeed_stage_3 | deepspeed_stage_3_offload")
@@ -33,8 +45,22 @@ class FusionCLI(LightningCLI):
         strategy = build_strategy(cfg.get("strategy_name", "single"), cfg.get("deepspeed_config"))
         if strategy is not None:
             kwargs["strategy"] = strategy
-        kwargs["plugins"] = with_atomic_checkpoint_io(self._get(self.config_init, "trainer", default={}).get("plugins"))
-        return super().instantiate_trainer(**kwargs)
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        kwargs["plugins"] = with_atomic_checkpoint_io(trainer_cfg.get("plugins"))
+        if trainer_cfg.get("enable_progress_bar") is None and not progress_bar_wanted():
+            kwargs["enable_progress_bar"] = False  # not a terminal: ProgressLines prints flushed lines instead
+        trainer = super().instantiate_trainer(**kwargs)
+        if (self.subcommand == "predict" and self.predict_writer is not None
+                and not any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks)):
+            # predict always writes its output, whatever the config's callbacks list
+            trainer.callbacks.append(self.predict_writer())
+        return trainer
+
+    def after_predict(self) -> None:
+        paths = [c.last_path for c in self.trainer.callbacks if getattr(c, "last_path", None) is not None]
+        if self.trainer.global_rank == 0 and paths:
+            print(f"predictions: {paths[0].parent}/rank-*.parquet (top-{self.model.predict_top_k} items per user, with "
+                  "scores and per-source gates)", flush=True)
 
     def after_fit(self) -> None:
         _report(self.trainer, "fit")
@@ -56,24 +82,31 @@ def _report(trainer, what: str) -> None:  # type: ignore[no-untyped-def]
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
     if metrics:
         width = max(len(k) for k in metrics)
-        print(f"\n{what} metrics:")
+        print(f"\n{what} metrics:", flush=True)
         for k in sorted(metrics):
-            print(f"  {k:<{width}}  {metrics[k]:.4f}")
+            print(f"  {k:<{width}}  {metrics[k]:.4f}", flush=True)
     if trainer.logger is not None and getattr(trainer.logger, "log_dir", None):
-        print(f"TensorBoard logs: {trainer.logger.log_dir}   (bash launch/tensorboard.sh {Path(trainer.logger.log_dir).parent})")
+        print(f"TensorBoard logs: {trainer.logger.log_dir}   (bash launch/tensorboard.sh {Path(trainer.logger.log_dir).parent})", flush=True)
     ckpt = trainer.checkpoint_callback
     if what == "fit" and ckpt is not None and getattr(ckpt, "best_model_path", ""):
-        print(f"best checkpoint: {ckpt.best_model_path} (by {ckpt.monitor}); last: {ckpt.last_model_path}")
+        print(f"best checkpoint: {ckpt.best_model_path} (by {ckpt.monitor}); last: {ckpt.last_model_path}", flush=True)
 
 
-def run_lightning_cli(argv: list[str]) -> None:
+def run_lightning_cli(argv: list[str], predict_writer: Callable[[], BasePredictionWriter] | None = None) -> None:
+    """LightningCLI on `argv`; `predict_writer` makes the callback that writes `predict`'s output when the config
+    lists none."""
+    # we pass `args` on purpose (the `fusionrec` command parsed its own first word): the warning is not for us
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     FusionCLI(
         FusionModule,
         FusionDataModule,
         args=argv,
         seed_everything_default=2020,
         save_config_kwargs={"overwrite": True},
+        predict_writer=predict_writer,
         # evaluation users are sharded by rank in the data module; Lightning must not add a sampler
         # atomic checkpoint writes + weights_only loads (plugins, see instantiate_trainer) and exact mid-epoch resume
-        trainer_defaults={"use_distributed_sampler": False, "callbacks": [RestoreLoaderPosition()]},
+        # progress lines when stdout is no terminal, and a model summary without Lightning's FLOPs (trainer/engine/progress.py)
+        trainer_defaults={"use_distributed_sampler": False,
+                          "callbacks": [RestoreLoaderPosition(), ProgressLines(), FusionModelSummary(max_depth=1)]},
     )
