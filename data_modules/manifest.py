@@ -59,7 +59,8 @@ def format_manifest(m: dict[str, Any], root: str | Path) -> str:
         f"read         {s['raw']}",
         f"kept         {s['after_filter']} interactions after cleaning ({s['after_clean']}) and filtering; "
         f"{c['users']} users, {c['items']} items, density {s['density']:.4%}",
-        f"split        {m['split']['protocol']} ratios={m['split']['ratios']} seed={m['split']['seed']}: "
+        f"split        {m['split']['protocol']}"
+        + "".join(f" {k}={m['split'][k]}" for k in ("ratios", "order", "seed") if k in m["split"]) + ": "
         f"train {c['train']}, valid {c['valid']}, test {c['test']} (eval users: {m['split']['eval_users']})",
         "rejected     " + (", ".join(f"{k}={v}" for k, v in m["quarantine"].items()) or "none")
         + (f"  (sample: {Path(root) / layout.QUARANTINE})" if m["quarantine"] else ""),

@@ -108,6 +108,20 @@ class SplitConfig:
         if self.order not in ("random", "time"):
             raise ValueError(f"split.order={self.order!r}: expected random|time")
 
+    def effective(self) -> dict[str, Any]:
+        """What the protocol used: `ratios`, `order` (random | time) and `seed` only where it reads them (a
+        leave-one-out split is in time order and has neither ratios nor a seed). Recorded in the manifest."""
+        p = self.protocol
+        out: dict[str, Any] = {"protocol": p}
+        if p in ("recbole", "ratio", "temporal", "cold_item", "cold_user"):
+            out["ratios"] = list(self.ratios)
+        order = {"recbole": "random", "ratio": self.order, "leave_one_out": "time", "temporal": "time"}.get(p)
+        if order is not None:
+            out["order"] = order
+        if p in ("recbole", "cold_item", "cold_user") or (p == "ratio" and self.order == "random"):
+            out["seed"] = self.seed
+        return out
+
 
 @dataclass
 class TextConfig:

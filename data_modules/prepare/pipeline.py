@@ -17,7 +17,9 @@ import pandas as pd
 from data_modules import layout
 from data_modules.errors import DataError, Quarantine
 from data_modules.prepare.clean import clean_interactions
+from data_modules.prepare.clock import StageClock
 from data_modules.prepare.config import PrepareConfig
+from data_modules.prepare.conservation import RowLedger
 from data_modules.prepare.features import encode_fields, encode_graphs
 from data_modules.prepare.filter import filter_interactions
 from data_modules.prepare.lock import build_lock
@@ -100,9 +102,11 @@ def _up_to_date(out: Path, fp: str, say_stale: bool = True) -> PrepareResult | N
 def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
     """Read, clean, filter, index, split, tokenize and write `out` atomically; the caller holds the build lock."""
     t0 = time.perf_counter()
+    clock = StageClock()
     tables = read_source(cfg.source)
     tables.validate()
     q: Quarantine = tables.quarantine
+    ledger = RowLedger.start(len(tables.interactions), q, tables.rows_read)
     source = str(cfg.source.path)
     if cfg.clean.trim_ids:
         trim_ids(tables, q, source)
@@ -110,8 +114,10 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
     raw_summary = tables.summary()
     rows_seen = len(tables.interactions) + sum(q.counts.get(r, 0) for r in BAD_ROW_RULES)
     log.info("read %s: %s", source, raw_summary)
+    clock.done("read", rows_seen)
     known = {key: _known_ids(tables, key) for key in ("user", "item")}
 
+    ledger.mark(q)  # what the steps so far counted was about ids and graphs, not interaction rows removed
     inter = _with_provenance(tables)
     inter, timestamp_unit = check_timestamps(inter, cfg.clean, q, source)
     inter = clean_interactions(inter, cfg.clean, q, source)
@@ -121,7 +127,10 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
     bad.counts.update({r: c for r, c in q.counts.items() if r in BAD_ROW_RULES})
     bad.samples = [s for s in q.samples if s["rule"] in BAD_ROW_RULES]
     bad.check(rows_seen, cfg.clean.max_bad_fraction, source)
+    clock.done("clean", n_clean, note=f"{rows_seen - n_clean:,} rejected")
     inter = filter_interactions(inter, cfg.filter, q, source)
+    conservation = ledger.close(len(inter), q)
+    clock.done("filter", len(inter))
 
     users = pd.Index(pd.unique(inter["user"].astype(str)), name="user")
     items = pd.Index(pd.unique(inter["item"].astype(str)), name="item")
@@ -130,6 +139,7 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
     part = split_interactions(inter, cfg.split)
     if not (part == TRAIN).any():
         raise DataError(f"split {cfg.split.protocol!r} left no training interactions", path=source)
+    clock.done("split", len(inter), note=", ".join(f"{k}={v}" for k, v in cfg.split.effective().items()))
 
     train = inter[part == TRAIN]
     train, hist = _history(train, len(users))
@@ -144,7 +154,10 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
     graph_arrays, schema["graphs"] = encode_graphs(tables.graphs, users, items, q, source, tables.files,
                                                    known["user"], known["item"])
     side.update(graph_arrays)
+    clock.done("index", len(users) + len(items), "ids", note="users, items, fields, graphs")
     schema["text"] = _text(cfg, tables, inter, part, users, items, side)
+    if schema["text"]:
+        clock.done("tokenize", len(items) + (len(users) if "user_text_offsets" in side else 0), "texts")
 
     stats = {
         "raw": raw_summary,
@@ -175,12 +188,14 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
             "name": tables.name,
             "fingerprint": fp,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": cfg.to_dict(),
+            # the options as given, but the split as used (a leave-one-out split records no ratios, seed or random order)
+            "config": {**cfg.to_dict(), "split": cfg.split.effective()},
             "counts": {"users": len(users), "items": len(items), **split_sizes},
-            "split": {"protocol": cfg.split.protocol, "ratios": list(cfg.split.ratios), "seed": cfg.split.seed, "sizes": split_sizes,
+            "split": {**cfg.split.effective(), "sizes": split_sizes,
                       "eval_users": {name: int(inter.loc[part == code, "user"].nunique()) for name, code in (("valid", VALID), ("test", TEST))}},
             "stats": stats,
             "quarantine": dict(q.counts.most_common()),
+            "conservation": conservation,  # entering = kept + quarantined + merged + filtered (checked)
             "unused": {rule: {"rows": n, "file": q.unused_files.get(rule)} for rule, n in q.unused.most_common()},
             "schema": schema,
             "shards": shards,
@@ -188,6 +203,7 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
             "seconds": round(time.perf_counter() - t0, 2),
         }
         write_manifest(manifest, tmp)
+    clock.done("write", len(inter))
     if q.counts:
         log.info("rejected or flagged: %s (sample: %s)", ", ".join(f"{k}={v}" for k, v in q.counts.most_common()),
                  out / layout.QUARANTINE)
