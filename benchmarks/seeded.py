@@ -73,6 +73,15 @@ SUITES: dict[str, Suite] = {
                         *_list("--model.model.user_sources", ["id"]), "--model.model.source_dropout", "{}"],
         },
     ),
+    "ml100k": Suite(
+        # RecBole's default ml-100k split (identical to RecBole's own); members of the ensemble table
+        "configs/ml100k.yaml", "val/ndcg@10", "max", ("ndcg@10", "recall@10", "mrr@10", "hit@10", "precision@10"),
+        {
+            "fused": [],
+            "no_sequence": [*_list("--model.model.sources", ["id", "tabular", "text", "graph"]), *NO_DROPOUT],
+            "id_only": [*_list("--model.model.sources", ["id"]), *NO_DROPOUT],
+        },
+    ),
     "sequential": Suite(
         "configs/amazon_mi.yaml", "val/ndcg@10", "max", ("ndcg@10", "recall@10", "mrr@10", "ndcg@20", "recall@20"),
         {   # every variant spelled out in full, so it does not depend on the config's defaults

@@ -4,6 +4,7 @@
     fusionrec data inspect DIR [--verify]                 the manifest in human form
     fusionrec fit|validate|test|predict --config RUN.yaml  training and evaluation (LightningCLI)
     fusionrec export CHECKPOINT --out DIR [--config RUN.yaml]  safetensors weights, user/item embeddings, id maps
+    fusionrec ensemble CKPT CKPT [...] [--out DIR]      late fusion: score weights fit on valid, members + ensemble on test
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         return _data_main(argv[1:])
     if argv and argv[0] == "export":
         return _export_main(argv[1:])
+    if argv and argv[0] == "ensemble":
+        from trainer.inference.ensemble import main as ensemble_main
+
+        return ensemble_main(argv[1:])
     from trainer.engine.backbone_weights import BackboneMismatchError
     from trainer.engine.dataset_guard import DatasetMismatchError
     from trainer.engine.lightning_cli import run_lightning_cli
