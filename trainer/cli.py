@@ -90,13 +90,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return ensemble_main(argv[1:])
     from trainer.engine.backbone_weights import BackboneMismatchError
+    from trainer.engine.checkpointing import CheckpointCorruptError
     from trainer.engine.dataset_guard import DatasetMismatchError
     from trainer.engine.lightning_cli import run_lightning_cli
     from trainer.inference.prediction_writer import PredictionWriter
 
     try:
         run_lightning_cli(argv, predict_writer=PredictionWriter)
-    except (DatasetMismatchError, BackboneMismatchError) as e:
+    except (DatasetMismatchError, BackboneMismatchError, CheckpointCorruptError) as e:
         print(f"fusionrec {argv[0] if argv else ''}: error: {e}", file=sys.stderr)
         return 2
     return 0

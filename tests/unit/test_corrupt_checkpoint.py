@@ -87,9 +87,6 @@ def tiny_data(tmp_path_factory) -> Path:
     return pipeline.prepare(cfg).path
 
 
-@pytest.mark.xfail(strict=True, reason="LightningCLI._parse_ckpt_path reads --ckpt_path with a bare torch.load before "
-                   "any plugin: FusionCLI (trainer/engine/lightning_cli.py) must call check_checkpoint_file(ckpt_path) "
-                   "first; strict: remove this mark once it does")
 @pytest.mark.parametrize("subcommand", ["fit", "test", "predict"])
 def test_fusionrec_commands_name_a_damaged_checkpoint(subcommand, tiny_data, tmp_path, monkeypatch, capsys):
     from trainer.cli import main

@@ -38,6 +38,17 @@ class FusionCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, evaluate the best checkpoint (chosen on validation) once on the test split")
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads --ckpt_path's hyper-parameters with a bare torch.load before any plugin: check the
+        file's structure first, so a truncated or damaged checkpoint is an error naming it, not a miniz trace."""
+        from trainer.engine.checkpointing import check_checkpoint_file
+
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt and Path(ckpt).is_file():
+            check_checkpoint_file(ckpt)
+        super()._parse_ckpt_path()
+
     def instantiate_trainer(self, **kwargs):  # type: ignore[no-untyped-def]
         from trainer.engine.strategies import build_strategy
 
