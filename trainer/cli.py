@@ -5,6 +5,7 @@
     fusionrec fit|validate|test|predict --config RUN.yaml  training and evaluation (LightningCLI)
     fusionrec export CHECKPOINT --out DIR [--config RUN.yaml]  safetensors weights, user/item embeddings, id maps
     fusionrec ensemble CKPT CKPT [...] [--out DIR]      late fusion: score weights fit on valid, members + ensemble on test
+    fusionrec report RUN_DIR [RUN_DIR ...] --out DIR     HTML page: curves, metrics, gates, comparison, popularity bias
 """
 
 from __future__ import annotations
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         return _data_main(argv[1:])
     if argv and argv[0] == "export":
         return _export_main(argv[1:])
+    if argv and argv[0] == "report":
+        from trainer.inference.report import main as report_main
+
+        return report_main(argv[1:])
     if argv and argv[0] == "ensemble":
         from trainer.inference.ensemble import main as ensemble_main
 
