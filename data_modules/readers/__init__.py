@@ -9,6 +9,7 @@ from data_modules.readers.amazon import read_amazon
 from data_modules.readers.assets import find_ml100k, shared_data_dir
 from data_modules.readers.ciao import read_ciao
 from data_modules.readers.generic import read_generic
+from data_modules.readers.hf_datasets import read_hf_dataset
 from data_modules.readers.lastfm import read_lastfm
 from data_modules.readers.movielens import read_movielens
 from data_modules.readers.recbole import read_recbole
@@ -18,6 +19,7 @@ __all__ = [
     "read_amazon",
     "read_ciao",
     "read_generic",
+    "read_hf_dataset",
     "read_lastfm",
     "read_movielens",
     "read_recbole",

@@ -31,7 +31,7 @@ is not a number is counted as `non_numeric_field` and left missing; its row is k
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,16 @@ FORMATS = {
 }
 
 
-def read_generic(schema: Mapping[str, Any], base_dir: str | Path | None = None) -> CanonicalTables:
-    """Read the files named by `schema` (see the module docstring)."""
+Loader = Callable[[Path, Mapping[str, Any], Quarantine], pd.DataFrame]
+"""(path, the section's spec, quarantine) -> the raw table of one schema section (interactions, users, ...)."""
+
+
+def read_generic(schema: Mapping[str, Any], base_dir: str | Path | None = None, *,
+                 loader: Loader | None = None) -> CanonicalTables:
+    """Read the files named by `schema` (see the module docstring). `loader` replaces reading files (default:
+    `load_table` on `base_dir / spec["path"]`): the Hugging Face `datasets` reader passes one that returns a
+    dataset split as a frame, so both map columns, fields and graphs by the same code."""
+    load = loader or _read_file
     base = Path(base_dir).expanduser() if base_dir is not None else Path(".")
     base = base.parent if base.is_file() else base
     q = Quarantine()
@@ -80,12 +88,12 @@ def read_generic(schema: Mapping[str, Any], base_dir: str | Path | None = None) 
         unknown = set(splits) - {"train", "valid", "test"}
         if unknown:
             raise DataError(f"splits: unknown split(s) {sorted(unknown)}, expected train / valid / test")
-        parts = [_interactions({**spec, "path": rel}, base, q, rows_read) for rel in splits.values()]
+        parts = [_interactions({**spec, "path": rel}, base, q, rows_read, load) for rel in splits.values()]
         inter = pd.concat([df.assign(split=split) for (df, _), split in zip(parts, splits)], ignore_index=True)
         where = pd.concat([o for _, o in parts], ignore_index=True)
         where["file"] = where["file"].astype("category")
     elif spec.get("path"):
-        inter, where = _interactions(spec, base, q, rows_read)
+        inter, where = _interactions(spec, base, q, rows_read, load)
     else:
         raise DataError("schema needs interactions.path or splits {train, valid, test}")
     out = CanonicalTables(
@@ -93,14 +101,14 @@ def read_generic(schema: Mapping[str, Any], base_dir: str | Path | None = None) 
     )
     for key in ("user", "item"):
         if schema.get(f"{key}s"):
-            table, fields = _entities(schema[f"{key}s"], key, base, q)
+            table, fields = _entities(schema[f"{key}s"], key, base, q, load)
             setattr(out, f"{key}s", table)
             setattr(out, f"{key}_fields", fields)
             out.files[f"{key}s"] = str(base / schema[f"{key}s"]["path"])
     for gname, gspec in (schema.get("graphs") or {}).items():
         if gname not in GRAPH_COLUMNS:
             raise DataError(f"graphs: unknown graph {gname!r}, expected one of {sorted(GRAPH_COLUMNS)}")
-        out.graphs[gname] = _graph(gname, gspec, base, q)
+        out.graphs[gname] = _graph(gname, gspec, base, q, load)
         out.files[gname] = str(base / gspec["path"])
     return out
 
@@ -120,6 +128,10 @@ def load_table(path: Path, fmt: str | None, sep: str | None, q: Quarantine) -> p
     raise DataError(
         f"unknown format {fmt!r}: expected one of csv, tsv, parquet, jsonl (or a known extension)", path=path
     )
+
+
+def _read_file(path: Path, spec: Mapping[str, Any], q: Quarantine) -> pd.DataFrame:
+    return load_table(path, spec.get("format"), spec.get("sep"), q)
 
 
 def format_of(path: Path) -> str | None:
@@ -147,12 +159,12 @@ def _columns(df: pd.DataFrame, mapping: Mapping[str, str], path: Path) -> pd.Dat
 
 
 def _interactions(
-    spec: dict[str, Any], base: Path, q: Quarantine, rows_read: dict[str, int]
+    spec: dict[str, Any], base: Path, q: Quarantine, rows_read: dict[str, int], load: Loader
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the interactions of one file, their origin: file and line per row)."""
     path = base / spec["path"]
     fmt = spec.get("format")
-    raw = load_table(path, fmt, spec.get("sep"), q)
+    raw = load(path, spec, q)
     rows_read[path.name] = raw.attrs.get("rows_read", len(raw))
     first = 2 if (fmt or format_of(path)) in ("csv", "tsv") else 1
     mapping = spec.get("columns") or {c: c for c in INTERACTION_COLUMNS if c in raw.columns}
@@ -186,10 +198,10 @@ def _interactions(
 
 
 def _entities(
-    spec: Mapping[str, Any], key: str, base: Path, q: Quarantine
+    spec: Mapping[str, Any], key: str, base: Path, q: Quarantine, load: Loader
 ) -> tuple[pd.DataFrame, dict[str, FieldKind]]:
     path = base / spec["path"]
-    raw = load_table(path, spec.get("format"), spec.get("sep"), q)
+    raw = load(path, spec, q)
     fields: dict[str, FieldKind] = {}
     for col, kind in (spec.get("fields") or {}).items():
         try:
@@ -221,9 +233,9 @@ def _entities(
     return df, fields
 
 
-def _graph(name: str, spec: Mapping[str, Any], base: Path, q: Quarantine) -> pd.DataFrame:
+def _graph(name: str, spec: Mapping[str, Any], base: Path, q: Quarantine, load: Loader) -> pd.DataFrame:
     path = base / spec["path"]
-    raw = load_table(path, spec.get("format"), spec.get("sep"), q)
+    raw = load(path, spec, q)
     wanted = [
         c for c in GRAPH_COLUMNS[name] if not (name == "item_item" and c == "relation" and c not in spec)
     ]
