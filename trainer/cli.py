@@ -5,6 +5,7 @@
     fusionrec fit|validate|test|predict --config RUN.yaml  training and evaluation (LightningCLI)
     fusionrec export CHECKPOINT --out DIR [--config RUN.yaml]  safetensors weights, user/item embeddings, id maps
     fusionrec ensemble CKPT CKPT [...] [--out DIR]      late fusion: score weights fit on valid, members + ensemble on test
+    fusionrec explain --ckpt CKPT (--users ID... | --sample N) --out DIR  top-K per user: score by source, history, rationale
     fusionrec report RUN_DIR [RUN_DIR ...] --out DIR     HTML page: curves, metrics, gates, comparison, popularity bias
 """
 
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.inference.report import main as report_main
 
         return report_main(argv[1:])
+    if argv and argv[0] == "explain":
+        from trainer.inference.explain import main as explain_main
+
+        return explain_main(argv[1:])
     if argv and argv[0] == "ensemble":
         from trainer.inference.ensemble import main as ensemble_main
 

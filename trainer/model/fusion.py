@@ -110,12 +110,18 @@ class GatedFusion(nn.Module):
         )
 
     def forward(self, sources: Mapping[str, Tensor], missing: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        parts, gates = self.contributions(sources, missing)
+        return parts.sum(1), gates
+
+    def contributions(self, sources: Mapping[str, Tensor], missing: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(parts (B, S, dim), gates (B, S)): parts[:, s] = g_s (W_s x_s + b_s), so fused = parts.sum(1) exactly;
+        with a dot-product score each source's share of it is the dot product with its part (attribution)."""
         xs = [sources[n] for n in self.names]
         absent = self.mask(xs[0].shape[0], xs[0].device, missing)
         xs = [x * (~absent[:, i : i + 1]).to(x.dtype) for i, x in enumerate(xs)]
         gates = masked_softmax(self.gate(torch.cat(xs, dim=-1)), absent)  # (B, S)
         tokens = torch.stack([p(x) for p, x in zip(self.proj, xs)], dim=1)  # (B, S, dim)
-        return (gates.unsqueeze(-1) * tokens).sum(1), gates
+        return gates.unsqueeze(-1) * tokens, gates
 
 
 class AttentionFusion(nn.Module):
