@@ -105,6 +105,8 @@ class ProgressLines(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._t_fit = time.perf_counter()
+        self._reset_epoch()
+        log_dir = trainer.log_dir  # a broadcast: every rank must ask, or the ranks' collectives fall out of step
         if not self._on(trainer):
             return
         self._facts(trainer, pl_module, "fit")
@@ -115,10 +117,14 @@ class ProgressLines(pl.Callback):
         if trainer.max_steps and trainer.max_steps > 0:
             plan += f", at most {trainer.max_steps} steps"
         monitor, mode = _monitor(trainer)
-        _say(f"fit: output {trainer.log_dir}{where}; {plan}, monitor {monitor} ({mode})")
+        _say(f"fit: output {log_dir}{where}; {plan}, monitor {monitor} ({mode})")
 
     # -- training ---------------------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset_epoch()
+
+    def _reset_epoch(self) -> None:
+        """Per-epoch counters; also set in on_train_start, since a mid-epoch resume skips on_train_epoch_start."""
         self._t_epoch = self._t_line = time.perf_counter()
         self._train_s = 0.0
         self._loss_sum: torch.Tensor | float = 0.0
