@@ -24,6 +24,11 @@ def _inputs(b: int = 6, seed: int = 0, k: int | None = None):
     return sources, other, missing
 
 
+def _dot(v: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Scores of fused vectors (B, D) against one (B, D) or K (B, K, D) other-tower vectors."""
+    return (v * other).sum(-1) if other.dim() == 2 else torch.einsum("bd,bkd->bk", v, other)
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 @pytest.mark.parametrize("k", [None, 3])
 def test_gated_decomposition_sums_exactly_to_the_score(normalize, k):
@@ -33,8 +38,7 @@ def test_gated_decomposition_sums_exactly_to_the_score(normalize, k):
     with torch.no_grad():
         sh = gated_shares(head, sources, missing, other, normalize)
         fused = head(sources, missing)[0]
-        fused = F.normalize(fused, dim=-1) if normalize else fused
-        score = (fused * other).sum(-1) if k is None else torch.einsum("bd,bkd->bk", fused, other)
+        score = _dot(F.normalize(fused, dim=-1) if normalize else fused, other)
     torch.testing.assert_close(sh.shares.sum(-1), score, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(sh.score, score, rtol=1e-5, atol=1e-6)
     assert sh.method == "gated-exact" and sh.names == list(DIMS)
@@ -51,9 +55,8 @@ def test_shapley_values_sum_to_all_minus_none_and_ignore_missing_sources(head_cl
         sh = shapley_shares(head, sources, missing, other, normalize=True)
         full = F.normalize(head(sources, missing)[0], dim=-1)
         none = F.normalize(head(sources, torch.ones_like(missing))[0], dim=-1)
-    dot = (lambda v: (v * other).sum(-1)) if k is None else (lambda v: torch.einsum("bd,bkd->bk", v, other))
-    torch.testing.assert_close(sh.score, dot(full), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(sh.baseline, dot(none), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sh.score, _dot(full, other), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sh.baseline, _dot(none, other), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(sh.shares.sum(-1), sh.score - sh.baseline, rtol=1e-5, atol=1e-6)
     assert sh.shares[0, ..., 0].abs().max() < 1e-6 and sh.shares[1, ..., 3].abs().max() < 1e-6  # dummy players
 
@@ -101,3 +104,11 @@ def test_title_normalisation_and_first_sentence():
     assert first_sentence('You may like "Mr. Holland\'s Opus." It is good. More.') == 'You may like "Mr. Holland\'s Opus."'
     assert first_sentence("  Because you liked Heat!  And more") == "Because you liked Heat!"
     assert first_sentence("no end") == "no end"
+
+
+def test_a_hyphenated_genre_is_found_written_with_a_space():
+    checker = GroundingChecker(["Heat"], {"Film-Noir", "Sci-Fi"})
+    facts = Facts("Heat", {"class": ["Film-Noir"]}, [], "id", "movie")
+    g = checker.check("A film noir you may like, not sci fi.", facts)
+    assert sorted((k, n.lower(), ok) for k, n, ok in g.named) == [("attribute", "film noir", True),
+                                                                   ("attribute", "sci fi", False)]

@@ -129,7 +129,7 @@ def _title_variants(t: str) -> set[str]:
 
 
 def _singular(w: str) -> str:
-    w = w.lower()
+    w = re.sub(r"[\s-]+", "-", w.lower())  # "film noir" names the genre "Film-Noir"
     if w.endswith("ies") and len(w) > 4:
         return w[:-3] + "y"
     return w[:-1] if w.endswith("s") and len(w) > 3 else w
@@ -182,7 +182,8 @@ class GroundingChecker:
                     taken.append(m.span())
                 free = _blank(rationale, taken)
         for a in self.attrs:
-            for m in re.finditer(rf"(?<![\w]){re.escape(a)}(s|es)?(?![\w])", free, flags=re.IGNORECASE):
+            pattern = re.escape(a).replace(r"\-", r"[-\s]")
+            for m in re.finditer(rf"(?<![\w]){pattern}(s|es)?(?![\w])", free, flags=re.IGNORECASE):
                 g.named.append(("attribute", m.group(0), _singular(a) in fact_attrs))
                 taken.append(m.span())
             if a.endswith("y"):  # comedy -> comedies
