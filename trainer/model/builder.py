@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from data_modules.side import SideData
@@ -76,13 +77,18 @@ def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> 
         tu, ti = side.train_pairs
         social = np.array(side.array("graph_social")) if g.social and side.has("graph_social") else None
         kg = np.array(side.array("graph_kg")) if g.kg and side.has("graph_kg") else None
-        graph = GraphEncoder(side.n_users, side.n_items, tu, ti, d, n_layers=g.layers, social=social, kg=kg)
+        seed = g.sample_seed
+        if g.fanouts and seed is None:  # drawn only when sampling, so full-propagation runs keep their init stream
+            seed = int(torch.randint(2**62, (1,)))
+        graph = GraphEncoder(side.n_users, side.n_items, tu, ti, d, n_layers=g.layers, social=social, kg=kg,
+                             fanouts=g.fanouts, sample_seed=seed or 0)
         if "graph" in want_user:
             users["graph"] = graph.user_view()
         if "graph" in want_item:
             items["graph"] = graph.item_view()
-        log.info("graph source: %d nodes (social edges: %s, kg edges: %s)", graph.n_nodes,
-                 0 if social is None else len(social), 0 if kg is None else len(kg))
+        log.info("graph source: %d nodes (social edges: %s, kg edges: %s; %s)", graph.n_nodes,
+                 0 if social is None else len(social), 0 if kg is None else len(kg),
+                 f"sampled, fanouts {g.fanouts}" if g.fanouts else "full propagation")
     if not users or not items:
         raise ValueError(f"model.sources={cfg.sources} leaves a tower empty (user: {list(users)}, item: {list(items)})")
     log.info("user tower sources: %s; item tower sources: %s; fusion: %s", list(users), list(items), cfg.fusion)

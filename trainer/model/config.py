@@ -72,6 +72,16 @@ class GraphSourceConfig:
     """(bool) add user-user edges when the dataset has a social graph."""
     kg: bool = True
     """(bool) add item-entity edges when the dataset has a knowledge graph."""
+    fanouts: list[int] | None = None
+    """(list) neighbour sampling in training: edges drawn per node and hop, one entry per layer, hop 1 first (e.g. [10, 5]), so a step's time and memory do not grow with the graph; null = full propagation every step (exact). Evaluation always propagates the whole graph."""
+    sample_seed: int | None = None
+    """(int) seed of the sampling stream; null = drawn from torch's global RNG when the model is built (fixed by seed_everything)."""
+
+    def __post_init__(self) -> None:
+        if self.layers < 0:
+            raise ValueError(f"model.graph.layers={self.layers}: expected >= 0")
+        if self.fanouts is not None and (len(self.fanouts) != self.layers or any(int(f) < 1 for f in self.fanouts)):
+            raise ValueError(f"model.graph.fanouts={self.fanouts}: expected null or {self.layers} ints >= 1 (one per layer)")
 
 
 @dataclass

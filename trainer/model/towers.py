@@ -70,9 +70,10 @@ class TwoTower(nn.Module):
         self.user, self.item, self.n_items, self.graph = user, item, n_items, graph
 
     def context(self, batch: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The ctx for one step: the batch's entries plus the graph tables, propagated once for both towers."""
+        """The ctx for one step: the batch's entries plus the graph tables, propagated once for both towers
+        (not when the graph samples neighbourhoods per step: its views then propagate their own ids)."""
         ctx = dict(batch or {})
-        if self.graph is not None and GRAPH_TABLES not in ctx:
+        if self.graph is not None and GRAPH_TABLES not in ctx and not self.graph.sampling():
             ctx[GRAPH_TABLES] = self.graph.tables()
         return ctx
 

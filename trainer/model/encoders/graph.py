@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainer.model.encoders.graph_sampling import NeighbourSampler
+
 GRAPH_TABLES = "graph_tables"
 """ctx key under which `GraphEncoder.tables()` output may be passed, so one step propagates once."""
 
@@ -26,12 +28,19 @@ class GraphEncoder(nn.Module):
     from `ctx[GRAPH_TABLES]` when present, else propagate themselves — so a training step should compute
     `ctx[GRAPH_TABLES] = graph.tables()` once and pass the same ctx to both towers.
 
+    With `fanouts` (one per layer), training steps propagate only over a sampled neighbourhood of the step's
+    nodes instead (`sampled()`, graph_sampling.py): time and activation memory per step independent of the graph's
+    size; `sampling()` says when that applies (fanouts set and the module in training mode). Evaluation still
+    propagates the whole graph once, without gradients, and exactly.
+
     Args:
         n_users, n_items: graph sizes (dense ids).
         train_users, train_items: (E,) the training interactions; never valid/test ones (leakage).
         dim: embedding size; n_layers: propagation steps K.
         social: (Es, 2) user -> user edges, or None.
         kg: (Ek, 3) item, relation, entity edges, or None; n_entities: entity count (default max + 1).
+        fanouts: edges sampled per node and hop in training (len == n_layers), or None for full propagation.
+        sample_seed: seed of the sampling stream.
     """
 
     crow: Tensor
@@ -51,10 +60,14 @@ class GraphEncoder(nn.Module):
         n_entities: int | None = None,
         init_std: float = 0.1,
         name: str = "graph",
+        fanouts: list[int] | None = None,
+        sample_seed: int = 0,
     ):
         super().__init__()
         if n_layers < 0:
             raise ValueError(f"GraphEncoder: n_layers={n_layers}, expected >= 0")
+        if fanouts is not None and len(fanouts) != n_layers:
+            raise ValueError(f"GraphEncoder: fanouts={fanouts}: expected one per layer ({n_layers})")
         self.name = name
         self.out_dim = dim
         self.n_users, self.n_items, self.n_layers = n_users, n_items, n_layers
@@ -79,6 +92,7 @@ class GraphEncoder(nn.Module):
         self.register_buffer("val", val, persistent=False)
         self.embedding = nn.Embedding(self.n_nodes, dim)
         nn.init.normal_(self.embedding.weight, std=init_std)
+        self.sampler = NeighbourSampler(fanouts, sample_seed) if fanouts and n_layers else None
 
     def adjacency(self) -> Tensor:
         """The normalised adjacency as a sparse CSR tensor (n_nodes, n_nodes), float32."""
@@ -102,6 +116,19 @@ class GraphEncoder(nn.Module):
             # back to the weights' dtype: under DeepSpeed bf16 the weights are bf16 and there is no autocast
             out = (acc / (self.n_layers + 1)).to(self.embedding.weight.dtype)
         return out[: self.n_users], out[self.n_users : self.n_users + self.n_items]
+
+    def sampling(self) -> bool:
+        """True when the views should call `sampled()` rather than read full tables: fanouts set, training mode."""
+        return self.sampler is not None and self.training
+
+    def sampled(self, nodes: Tensor) -> Tensor:
+        """Propagated vectors (T, D) of graph nodes (T,) (users [0, n_users), items offset by n_users) over a
+        neighbourhood sampled with `fanouts`; differentiable w.r.t. the sampled rows of E0."""
+        if self.sampler is None:
+            raise RuntimeError("GraphEncoder.sampled(): no fanouts configured (full propagation: tables())")
+        with torch.autocast(device_type=str(self.crow.device.type), enabled=False):
+            out = self.sampler.propagate(nodes, self.embedding.weight, self.crow, self.col, self.val)
+        return out.to(self.embedding.weight.dtype)
 
     def isolated_users(self) -> Tensor:
         """(n_users,) bool: users whose node has no edge (no training interaction, no social link), so their
@@ -129,6 +156,8 @@ class GraphSide(nn.Module):
 
     def forward(self, ids: Tensor, ctx: Mapping[str, Any] | None = None) -> Tensor:
         tables = (ctx or {}).get(GRAPH_TABLES)
+        if tables is None and self.graph.sampling():
+            return self.graph.sampled(ids if self.side == "user" else ids + self.graph.n_users)
         users, items = tables if tables is not None else self.graph.tables()
         return (users if self.side == "user" else items)[ids]
 
