@@ -6,6 +6,8 @@
     python benchmarks/seeded.py cold_user --dataset /tmp/ml100k_cold_user
     # Amazon 2014 Musical Instruments, time-ordered leave-one-out; peers: benchmarks/sequential_peers.py
     python benchmarks/seeded.py sequential --dataset /tmp/amazon_mi
+    # HetRec Last.fm 2K with and without the friend graph; peers and the table: benchmarks/social_peers.py
+    python benchmarks/seeded.py social --dataset /tmp/lastfm_social
     # a subset, other seeds, or only the tables again (from --out), with the RecBole peers' rows
     python benchmarks/seeded.py sequential --tables-only --peers benchmarks/results/amazon_mi_sequential_peers.json
     python benchmarks/seeded.py sequential --dataset /tmp/amazon_mi --only fused text_seq --seeds 2020
@@ -80,6 +82,19 @@ SUITES: dict[str, Suite] = {
             "fused": [],
             "no_sequence": [*_list("--model.model.sources", ["id", "tabular", "text", "graph"]), *NO_DROPOUT],
             "id_only": [*_list("--model.model.sources", ["id"]), *NO_DROPOUT],
+        },
+    ),
+    "social": Suite(
+        # HetRec Last.fm 2K, per-user random 80/10/10 (configs/lastfm.yaml); a fixed cap of 15 epochs, the epoch chosen
+        # by val/ndcg; Cornac peers (SoRec, SBPR, BPR, MostPop) on the identical split: benchmarks/social_peers.py
+        "configs/lastfm.yaml", "val/ndcg@10", "max", ("ndcg@10", "recall@10", "mrr@10", "ndcg@20", "recall@20"),
+        {   # every variant spelled out in full, so it does not depend on the config's defaults
+            "fused_social": ["--trainer.max_epochs", "15", *_list("--model.model.sources", ["id", "tabular", "text", "graph"]),
+                             "--model.model.graph.social", "true"],
+            "fused_no_social": ["--trainer.max_epochs", "15",
+                                *_list("--model.model.sources", ["id", "tabular", "text", "graph"]),
+                                "--model.model.graph.social", "false"],
+            "fused_no_graph": ["--trainer.max_epochs", "15", *_list("--model.model.sources", ["id", "tabular", "text"])],
         },
     ),
     "sequential": Suite(
