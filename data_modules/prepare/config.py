@@ -163,6 +163,30 @@ class OutputConfig:
 
 
 @dataclass
+class EngineConfig:
+    """Which engine runs the stages. Both write the same prepared folder bit for bit (tests/unit/test_prepare_engines.py),
+    so the engine is not part of the fingerprint or the manifest."""
+
+    kind: Literal["memory", "duckdb"] = "memory"
+    """(str) memory: pandas, the whole table in RAM (fast below ~10M rows); duckdb: out of core, peak memory bounded by
+    `memory_limit_gb` with spilling to `temp_dir` (reads RecBole atomic `.inter` files)."""
+    memory_limit_gb: float = 2.0
+    """(float) duckdb: the engine's memory budget in GB; past it operators spill to disk."""
+    temp_dir: str | None = None
+    """(str) duckdb: where its database and spill files go (null: a temporary folder beside the output)."""
+    threads: int | None = None
+    """(int) duckdb: worker threads (null: one per core)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("memory", "duckdb"):
+            raise ValueError(f"engine.kind={self.kind!r}: expected memory|duckdb")
+        if self.memory_limit_gb <= 0:
+            raise ValueError(f"engine.memory_limit_gb={self.memory_limit_gb}: expected > 0")
+        if self.threads is not None and self.threads <= 0:
+            raise ValueError(f"engine.threads={self.threads}: expected > 0 or null")
+
+
+@dataclass
 class PrepareConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
@@ -170,6 +194,7 @@ class PrepareConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     text: TextConfig = field(default_factory=TextConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PrepareConfig:
@@ -178,7 +203,7 @@ class PrepareConfig:
         if unknown:
             raise ValueError(f"unknown prepare config sections {sorted(unknown)}; expected {sorted(groups)}")
         kinds = {"source": SourceConfig, "clean": CleanConfig, "filter": FilterConfig, "split": SplitConfig,
-                 "text": TextConfig, "output": OutputConfig}
+                 "text": TextConfig, "output": OutputConfig, "engine": EngineConfig}
         built = {}
         for name, kind in kinds.items():
             section = d.get(name) or {}
@@ -201,3 +226,9 @@ class PrepareConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def options(self) -> dict[str, Any]:
+        """The options that decide the output: everything but the engine (which gives the same output)."""
+        d = self.to_dict()
+        d.pop("engine")
+        return d

@@ -54,7 +54,7 @@ class PrepareResult:
 def fingerprint(cfg: PrepareConfig) -> str:
     """sha256 of the options (except where the output goes) and of the content of every input file."""
     h = hashlib.sha256()
-    opts = cfg.to_dict()
+    opts = cfg.options()  # the engine is left out: both give the same output
     opts["output"] = {k: v for k, v in opts["output"].items() if k != "dir"}
     h.update(json.dumps(opts, sort_keys=True, default=str).encode())
     for f in source_files(cfg.source):
@@ -77,6 +77,8 @@ def prepare(cfg: PrepareConfig, force: bool = False, lock_timeout: float | None 
         if (not force or waited) and (done := _up_to_date(out, fp, say_stale=False)) is not None:
             return done  # another process built it while we waited
         try:
+            if cfg.engine.kind == "duckdb":
+                return _out_of_core()(cfg, out, fp)
             return _build(cfg, out, fp)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -167,9 +169,9 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
         "users": len(users),
         "items": len(items),
         "density": len(inter) / (len(users) * len(items)),
-        "rating_mean": float(inter["rating"].mean()) if "rating" in inter.columns else None,
+        "rating_mean": _mean(inter["rating"]) if "rating" in inter.columns else None,
         # the rating head's starting global bias: training rows only (valid / test ratings stay unseen)
-        "train_rating_mean": _nan_none(inter["rating"][part == TRAIN].mean()) if "rating" in inter.columns else None,
+        "train_rating_mean": _nan_none(_mean(inter["rating"][part == TRAIN])) if "rating" in inter.columns else None,
         "items_without_training_interactions": int((side["item_popularity"] == 0).sum()),
         "users_without_training_interactions": int((np.diff(side["history_offsets"]) == 0).sum()),
         "timestamp_unit": timestamp_unit,  # None: seconds as the format says; else what was assumed instead
@@ -189,7 +191,7 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
             "fingerprint": fp,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             # the options as given, but the split as used (a leave-one-out split records no ratios, seed or random order)
-            "config": {**cfg.to_dict(), "split": cfg.split.effective()},
+            "config": {**cfg.options(), "split": cfg.split.effective()},
             "counts": {"users": len(users), "items": len(items), **split_sizes},
             "split": {**cfg.split.effective(), "sizes": split_sizes,
                       "eval_users": {name: int(inter.loc[part == code, "user"].nunique()) for name, code in (("valid", VALID), ("test", TEST))}},
@@ -272,6 +274,25 @@ def _text(cfg: PrepareConfig, tables: Any, inter: pd.DataFrame, part: np.ndarray
         side["user_text_offsets"], side["user_text_ids"] = offs, ids
         info["user"]["example"] = user_texts[0][:200] if user_texts else ""
     return info
+
+
+def _out_of_core() -> Any:
+    """The DuckDB engine's build (data_modules/prepare/ooc/), or a DataError saying how to install it."""
+    try:
+        from data_modules.prepare.ooc.build import build
+    except ModuleNotFoundError as e:
+        if e.name != "duckdb":
+            raise
+        raise DataError("engine.kind duckdb needs the duckdb package: pip install 'fusionrec[outofcore]'") from e
+    return build
+
+
+def _mean(ratings: pd.Series) -> float:
+    """Mean of the present ratings as float64 sum / count (NaN when none): exact whatever the row order or
+    partitioning for ratings on a grid (halves, integers), so the out-of-core engine gives the same value."""
+    r = ratings.to_numpy(dtype=np.float64)
+    r = r[~np.isnan(r)]
+    return float(r.sum()) / len(r) if len(r) else float("nan")
 
 
 def _nan_none(x: float) -> float | None:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +65,22 @@ INTERACTION_SCHEMA = {
 
 def write_shards(df: pd.DataFrame, folder: Path, root: Path, shard_rows: int, block_rows: int) -> list[dict[str, Any]]:
     """Write `df` as parquet parts of at most `shard_rows` rows (row groups of `block_rows`); return the shard list."""
-    folder.mkdir(parents=True, exist_ok=True)
-    schema = pa.schema([(c, t) for c, t in INTERACTION_SCHEMA.items() if c in df.columns])
-    shards = []
     n_parts = max(1, -(-len(df) // shard_rows))
-    for i in range(n_parts):
-        part = df.iloc[i * shard_rows:(i + 1) * shard_rows]
+    return write_shard_parts((df.iloc[i * shard_rows:(i + 1) * shard_rows] for i in range(n_parts)), folder, root,
+                             block_rows)
+
+
+def write_shard_parts(parts: Iterable[pd.DataFrame], folder: Path, root: Path, block_rows: int) -> list[dict[str, Any]]:
+    """Write each frame of `parts` as the next `part-NNNNN.parquet` (the out-of-core engine streams its shards here,
+    so both engines write the same bytes); return the shard list."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for i, part in enumerate(parts):
+        schema = pa.schema([(c, t) for c, t in INTERACTION_SCHEMA.items() if c in part.columns])
         path = folder / f"part-{i:05d}.parquet"
-        table = pa.Table.from_pandas(part[schema.names], schema=schema, preserve_index=False)
+        frame = part[schema.names]
+        frame.attrs = {}  # a reader's attributes (rows_read) are not shard content: the bytes depend on the rows only
+        table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
         pq.write_table(table, path, row_group_size=block_rows, compression="zstd")
         shards.append({"path": str(path.relative_to(root)), "rows": len(part), "bytes": path.stat().st_size, "sha256": sha256_file(path)})
     return shards

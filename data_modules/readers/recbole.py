@@ -67,9 +67,11 @@ def read_atomic(path: Path, q: Quarantine) -> tuple[pd.DataFrame, dict[str, str]
 
 
 def read_recbole(
-    folder: str | Path, name: str | None = None, *, text_fields: Iterable[str] = TEXT_FIELDS
+    folder: str | Path, name: str | None = None, *, text_fields: Iterable[str] = TEXT_FIELDS, interactions: bool = True
 ) -> CanonicalTables:
-    """Read `<folder>/<name>.*` (name defaults to the folder's name, or its only `.inter` file's stem)."""
+    """Read `<folder>/<name>.*` (name defaults to the folder's name, or its only `.inter` file's stem).
+    `interactions=False` reads only the side files (the out-of-core engine streams the `.inter` file itself) and
+    returns an empty interactions table."""
     folder = Path(folder).expanduser()
     name = name or _guess_name(folder)
     inter_path = folder / f"{name}.inter"
@@ -77,9 +79,13 @@ def read_recbole(
         raise DataError(f"RecBole interactions file missing (looked for {name}.inter)", path=inter_path)
     q = Quarantine()
     text_fields = frozenset(text_fields)
-    inter, where = _interactions(inter_path, q)
+    if interactions:
+        inter, where = _interactions(inter_path, q)
+    else:
+        inter, where = pd.DataFrame({"user": pd.Series(dtype=str), "item": pd.Series(dtype=str)}), None
     out = CanonicalTables(interactions=inter, quarantine=q, name=name, origin=where)
-    out.rows_read[inter_path.name] = len(out.interactions) + q.total
+    if interactions:
+        out.rows_read[inter_path.name] = len(out.interactions) + q.total
 
     for suffix, key in (("user", "user"), ("item", "item")):
         path = folder / f"{name}.{suffix}"

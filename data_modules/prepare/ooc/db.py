@@ -1,0 +1,101 @@
+"""The DuckDB connection under a memory budget, and the two helpers every stage uses: count-and-sample a rule's
+rejected rows exactly as the in-memory engine's Quarantine records them, and stream numpy columns into a table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from data_modules.errors import Quarantine
+
+# what Python's str.strip() removes (the in-memory engine strips ids with it); DuckDB's trim() takes the characters
+WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+CHUNK = 1 << 22  # rows per record batch when numpy arrays are streamed into DuckDB
+
+
+def connect(folder: Path, memory_limit_gb: float, threads: int | None) -> duckdb.DuckDBPyConnection:
+    """A database file in `folder` (tables live on disk, cached within the budget) with spill files beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config: dict[str, Any] = {"memory_limit": f"{max(64, int(memory_limit_gb * 1024))}MB",
+                              "temp_directory": str(folder / "spill"), "preserve_insertion_order": False}
+    if threads is not None:
+        config["threads"] = threads
+    return duckdb.connect(str(folder / "prepare.duckdb"), config=config)
+
+
+def strip(col: str) -> str:
+    """SQL for `col` stripped as Python's str.strip() does."""
+    return f"trim({col}, $ws)"
+
+
+def count(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> int:
+    return int(con.execute(f"SELECT count(*) FROM ({sql})", params or {}).fetchall()[0][0])
+
+
+def records(con: duckdb.DuckDBPyConnection, sql: str, columns: list[str], params: dict[str, Any] | None = None,
+            limit: int = 20) -> list[dict[str, Any]]:
+    """The first `limit` rows of `sql` as the in-memory engine's `to_dict("records")` gives them (missing = NaN)."""
+    cur = con.execute(f"SELECT {', '.join(_q(c) for c in columns)} FROM ({sql}) LIMIT {limit}", params or {})
+    return [{c: (math.nan if v is None else v) for c, v in zip(columns, row)} for row in cur.fetchall()]
+
+
+def reject_sql(con: duckdb.DuckDBPyConnection, q: Quarantine, rule: str, sql: str, columns: list[str], source: str,
+               reason: str, file: str, params: dict[str, Any] | None = None) -> int:
+    """Count the rows of `sql` (ordered as the in-memory engine meets them, with `rn`) under `rule` and sample the
+    first ones with `file` and line rn + 2, as prepare/plausible.reject_rows does with the provenance columns."""
+    n = count(con, sql, params)
+    if not n:
+        return 0
+    sample = con.execute(f"SELECT rn, {', '.join(_q(c) for c in columns)} FROM ({sql}) LIMIT {q.sample_per_rule}",
+                         params or {}).fetchall()
+    for row in sample:
+        rec = {c: (math.nan if v is None else v) for c, v in zip(columns, row[1:])}
+        q.reject(rule, path=file, row=int(row[0]) + 2, reason=reason, record=rec)
+    q.reject_many(rule, n - len(sample), path=source, reason=reason)
+    return n
+
+
+def load_columns(con: duckdb.DuckDBPyConnection, table: str, name: str, values: np.ndarray, key: str = "pos") -> None:
+    """CREATE `table` (`key` = 0..n-1, `name` = values) from a numpy array, streamed in chunks (no n-row key array)."""
+    schema = pa.schema([(key, pa.int64()), (name, pa.from_numpy_dtype(values.dtype))])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for a in range(0, len(values), CHUNK):
+            b = min(a + CHUNK, len(values))
+            yield pa.record_batch([pa.array(np.arange(a, b, dtype=np.int64)), pa.array(values[a:b])], schema=schema)
+
+    reader = pa.RecordBatchReader.from_batches(schema, batches())  # noqa: F841 (DuckDB finds it by name)
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM reader")
+
+
+def fetch_column(con: duckdb.DuckDBPyConnection, sql: str, n: int, dtype: Any) -> np.ndarray:
+    """The single column of `sql` (n rows, in its ORDER BY) into one numpy array, read in record batches."""
+    out = np.empty(n, dtype=dtype)
+    done = 0
+    ordered(con)
+    for batch in con.sql(sql).to_arrow_reader(CHUNK):
+        col = batch.column(0).to_numpy(zero_copy_only=False)
+        out[done:done + len(col)] = col
+        done += len(col)
+    if done != n:
+        raise RuntimeError(f"expected {n} rows from DuckDB, got {done}: {sql}")
+    return out
+
+
+def ordered(con: duckdb.DuckDBPyConnection) -> None:
+    """Results streamed in their ORDER BY: without insertion order DuckDB hands record batches out as threads finish
+    them (tables are built with it off: less memory, and row order inside tables is never relied on)."""
+    con.execute("SET preserve_insertion_order = true")
+
+
+def _q(col: str) -> str:
+    return '"' + col.replace('"', '""') + '"'
+
+
+quote = _q
