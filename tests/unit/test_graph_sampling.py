@@ -122,3 +122,27 @@ def test_config_and_constructor_reject_bad_fanouts():
         _graph([3], layers=2)
     with pytest.raises(ValueError, match="fanouts"):
         NeighbourSampler([])
+
+
+def test_two_tower_step_samples_in_training_and_propagates_in_eval(tmp_path):
+    from data_modules.side import SideData
+    from tests.helpers.tiny_dataset import prepare_tiny
+    from trainer.model.builder import build_two_tower
+    from trainer.model.config import ModelConfig
+
+    prepare_tiny(tmp_path / "tiny")
+    side = SideData(tmp_path / "tiny")
+    cfg = ModelConfig(
+        dim=8, sources=["id", "graph"], graph={"layers": 2, "fanouts": [2, 2], "sample_seed": 5}
+    )
+    towers = build_two_tower(cfg, side)
+    assert towers.graph.sampler is not None and towers.graph.sampler.seed == 5
+    towers.train()
+    ctx = towers.context({})
+    assert GRAPH_TABLES not in ctx  # no full propagation in a sampled training step
+    users, _ = towers.encode_users(torch.tensor([0, 1]), ctx)
+    items, _ = towers.encode_items(torch.tensor([0, 2]), ctx)
+    (users * items).sum().backward()
+    assert towers.graph.embedding.weight.grad.abs().sum() > 0
+    towers.eval()
+    assert GRAPH_TABLES in towers.context({})  # evaluation: the whole graph, exactly

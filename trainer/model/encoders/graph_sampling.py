@@ -104,8 +104,10 @@ class NeighbourSampler(nn.Module):
         acc = h[where[-1]]
         for level in range(len(self.fanouts) - 1, -1, -1):  # h^(k) on N_level, k = K - level
             rows, nbr_pos, w, _ = hops[level]
-            h = torch.zeros(len(levels[level]), h.shape[1], dtype=h.dtype, device=h.device).index_add_(
-                0, rows, h[nbr_pos] * w.unsqueeze(1)
+            # scatter_add_ over an expanded index, not index_add_: on CPU index_add_ adds row by row (30x slower here)
+            msgs = h[nbr_pos] * w.unsqueeze(1)
+            h = torch.zeros(len(levels[level]), h.shape[1], dtype=h.dtype, device=h.device).scatter_add_(
+                0, rows.unsqueeze(1).expand_as(msgs), msgs
             )
             acc = acc + h[where[level]]
         return (acc / (len(self.fanouts) + 1))[inverse]
