@@ -1,6 +1,7 @@
 """The `fusionrec` command.
 
     fusionrec data prepare CONFIG [--force] [--out DIR]   raw files -> prepared dataset (shards + manifest)
+    fusionrec data prepare CONFIG --append NEW... --out DIR [--parent DIR]   a prepared dataset + new raw files -> a new one
     fusionrec data inspect DIR [--verify]                 the manifest in human form
     fusionrec fit|validate|test|predict --config RUN.yaml  training and evaluation (LightningCLI)
     fusionrec export CHECKPOINT --out DIR [--config RUN.yaml]  safetensors weights, user/item embeddings, id maps
@@ -25,6 +26,10 @@ def _data_main(argv: list[str]) -> int:
     pp.add_argument("config", help="prepare YAML (configs/data/*.yaml)")
     pp.add_argument("--force", action="store_true", help="rebuild even when inputs and options are unchanged")
     pp.add_argument("--out", help="override output.dir")
+    pp.add_argument("--append", nargs="+", metavar="NEW",
+                    help="extend CONFIG's prepared folder with new raw inputs (read like its source) into --out: "
+                         "existing ids keep their index (data_modules/prepare/append.py)")
+    pp.add_argument("--parent", help="with --append: the prepared folder extended (default: CONFIG's output.dir)")
     pi = sub.add_parser("inspect", help="print a prepared dataset's manifest")
     pi.add_argument("dir")
     pi.add_argument("--verify", action="store_true", help="also check every shard's sha256")
@@ -36,7 +41,13 @@ def _data_main(argv: list[str]) -> int:
             from data_modules.prepare.pipeline import prepare
 
             cfg = PrepareConfig.from_yaml(a.config)
-            if a.out:
+            if a.append:
+                from data_modules.prepare.append import with_appended
+
+                if a.parent:
+                    cfg.output.dir = a.parent
+                cfg = with_appended(cfg, a.append, a.out)
+            elif a.out:
                 cfg.output.dir = a.out
             res = prepare(cfg, force=a.force)
             print(format_manifest(res.manifest, res.path))

@@ -187,6 +187,24 @@ class EngineConfig:
 
 
 @dataclass
+class AppendConfig:
+    """Extend a prepared dataset with new raw files into a new folder (data_modules/prepare/append.py)."""
+
+    parent: str = ""
+    """(str) the prepared folder extended: its users and items keep their dense index, its vocabularies their codes."""
+    paths: list[str] = field(default_factory=list)
+    """(list) raw inputs beyond `source`, oldest first, each read like `source` (same format, name and options); a
+    chain lists every one (the parent's own appended paths first)."""
+
+    def __post_init__(self) -> None:
+        if not self.parent:
+            raise ValueError("append.parent is required: the prepared folder to extend")
+        if not self.paths or not all(isinstance(p, str) and p for p in self.paths):
+            raise ValueError(f"append.paths={self.paths!r}: expected a non-empty list of raw input paths")
+        self.paths = list(self.paths)
+
+
+@dataclass
 class PrepareConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
@@ -194,6 +212,8 @@ class PrepareConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     text: TextConfig = field(default_factory=TextConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    append: AppendConfig | None = None
+    """(dict) extend the prepared folder `append.parent` with `append.paths`; null = a dataset of its own."""
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     @classmethod
@@ -204,7 +224,12 @@ class PrepareConfig:
             raise ValueError(f"unknown prepare config sections {sorted(unknown)}; expected {sorted(groups)}")
         kinds = {"source": SourceConfig, "clean": CleanConfig, "filter": FilterConfig, "split": SplitConfig,
                  "text": TextConfig, "output": OutputConfig, "engine": EngineConfig}
-        built = {}
+        built: dict[str, Any] = {}
+        if app := d.get("append"):
+            bad = set(app) - {f.name for f in fields(AppendConfig)}
+            if bad:
+                raise ValueError(f"append: unknown keys {sorted(bad)}; expected ['parent', 'paths']")
+            built["append"] = AppendConfig(**app)
         for name, kind in kinds.items():
             section = d.get(name) or {}
             allowed = {f.name for f in fields(kind)}

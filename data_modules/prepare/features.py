@@ -21,9 +21,11 @@ class EncodedFields:
 
 
 def encode_fields(table: pd.DataFrame | None, key: str, fields: dict[str, FieldKind], index: pd.Index, prefix: str,
-                  q: Quarantine, source: str) -> EncodedFields:
+                  q: Quarantine, source: str, pinned: dict[str, Any] | None = None) -> EncodedFields:
     """Align `table` to the dense `index` (raw ids in index order) and encode each non-text field. `source` is the
-    table's file (named in quarantine samples).
+    table's file (named in quarantine samples). `pinned`: a parent dataset's schema of this entity (an append,
+    prepare/append.py): its vocabularies keep their codes (new values get the next ones) and its numeric fields
+    their mean / std.
 
     Entities without a row get missing values (code 0 / 0.0); rows for entities not in the index are harmless and
     reported as unused (`<prefix>_row_without_interactions` in `q.unused`), not as rejected; the schema says how many.
@@ -43,18 +45,19 @@ def encode_fields(table: pd.DataFrame | None, key: str, fields: dict[str, FieldK
     out.schema["unused_rows"] = int(unknown.sum())
     out.schema["file"] = source
     cat_cols, num_cols = [], []
+    old = {f["name"]: f for group in ("categorical", "multi_categorical", "numeric") for f in (pinned or {}).get(group, [])}
     for name, kind in fields.items():
         col = aligned[name]
         if kind == FieldKind.categorical:
-            codes, vocab = _categorical(col)
+            codes, vocab = _categorical(col, old.get(name, {}).get("vocab"))
             cat_cols.append(codes)
             out.schema.setdefault("categorical", []).append({"name": name, "cardinality": len(vocab) + 1, "vocab": vocab})
         elif kind == FieldKind.multi_categorical:
-            offsets, values, vocab = _multi(col)
+            offsets, values, vocab = _multi(col, old.get(name, {}).get("vocab"))
             out.arrays[f"{prefix}_multi_{name}_offsets"], out.arrays[f"{prefix}_multi_{name}_values"] = offsets, values
             out.schema.setdefault("multi_categorical", []).append({"name": name, "cardinality": len(vocab) + 1, "vocab": vocab})
         elif kind == FieldKind.numeric:
-            values, stats = _numeric(col)
+            values, stats = _numeric(col, old.get(name))
             num_cols.append(values)
             out.schema.setdefault("numeric", []).append({"name": name, **stats})
         elif kind == FieldKind.text:
@@ -66,13 +69,25 @@ def encode_fields(table: pd.DataFrame | None, key: str, fields: dict[str, FieldK
     return out
 
 
-def _categorical(col: pd.Series) -> tuple[np.ndarray, list[str]]:
+def _categorical(col: pd.Series, vocab: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     s = col.astype("string")
     codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    if vocab is not None:
+        return _pinned(codes, [str(u) for u in uniques], vocab)
     return (codes + 1).astype(np.int32), [str(u) for u in uniques]
 
 
-def _multi(col: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _pinned(codes: np.ndarray, uniques: list[str], vocab: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Recode factorized `codes` (-1 = missing) so `vocab`'s values keep their codes (1-based) and values not in it
+    follow, in order of appearance; returns (codes + 1, the grown vocabulary)."""
+    known = {v: i for i, v in enumerate(vocab)}
+    grown = list(vocab) + [u for u in uniques if u not in known]
+    where = {v: i for i, v in enumerate(grown)}
+    remap = np.array([where[u] for u in uniques] + [-1], dtype=np.int64)  # index -1 (missing) -> -1
+    return (remap[codes] + 1).astype(np.int32), grown
+
+
+def _multi(col: pd.Series, vocab: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     lists = [v if isinstance(v, (list, tuple, np.ndarray)) else ([] if v is None or (isinstance(v, float) and np.isnan(v)) else [v])
              for v in col.tolist()]
     lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
@@ -80,15 +95,20 @@ def _multi(col: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str]]:
     codes, uniques = pd.factorize(flat)
     offsets = np.zeros(len(lists) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
+    if vocab is not None:
+        values, grown = _pinned(codes, [str(u) for u in uniques], vocab)
+        return offsets, values, grown
     return offsets, (codes + 1).astype(np.int32), [str(u) for u in uniques]
 
 
-def _numeric(col: pd.Series) -> tuple[np.ndarray, dict[str, float]]:
+def _numeric(col: pd.Series, pinned: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, float]]:
     v = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
     ok = ~np.isnan(v)
     mean = float(v[ok].mean()) if ok.any() else 0.0
     std = float(v[ok].std()) if ok.sum() > 1 else 1.0
     std = std or 1.0
+    if pinned is not None:
+        mean, std = float(pinned["mean"]), float(pinned["std"])
     out = np.where(ok, (v - mean) / std, 0.0)
     return out, {"mean": mean, "std": std, "missing": int((~ok).sum())}
 

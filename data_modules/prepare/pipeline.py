@@ -16,6 +16,7 @@ import pandas as pd
 
 from data_modules import layout
 from data_modules.errors import DataError, Quarantine
+from data_modules.prepare import append as appending
 from data_modules.prepare.clean import clean_interactions
 from data_modules.prepare.clock import StageClock
 from data_modules.prepare.config import PrepareConfig
@@ -34,7 +35,7 @@ from data_modules.prepare.write import (
     write_shards,
     write_side,
 )
-from data_modules.sources import read_source, source_files
+from data_modules.sources import source_files
 
 log = logging.getLogger("fusionrec.prepare")
 
@@ -56,8 +57,16 @@ def fingerprint(cfg: PrepareConfig) -> str:
     h = hashlib.sha256()
     opts = cfg.options()  # the engine is left out: both give the same output
     opts["output"] = {k: v for k, v in opts["output"].items() if k != "dir"}
+    inputs = []
+    if opts.get("append") is None:
+        opts.pop("append", None)  # not an append: the fingerprint is the one before appends existed (no rebuild)
+    else:
+        opts["append"], inputs = appending.fingerprint_part(cfg)  # the parent's fingerprint, not its folder
     h.update(json.dumps(opts, sort_keys=True, default=str).encode())
     for f in source_files(cfg.source):
+        h.update(f.name.encode())
+        h.update(sha256_file(f).encode())
+    for f in inputs:
         h.update(f.name.encode())
         h.update(sha256_file(f).encode())
     h.update(str(layout.LAYOUT_VERSION).encode())
@@ -105,7 +114,8 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
     """Read, clean, filter, index, split, tokenize and write `out` atomically; the caller holds the build lock."""
     t0 = time.perf_counter()
     clock = StageClock()
-    tables = read_source(cfg.source)
+    parent = appending.check_parent(cfg, out) if cfg.append is not None else None
+    tables = appending.read_tables(cfg)  # `source`, then an append's new files
     tables.validate()
     q: Quarantine = tables.quarantine
     ledger = RowLedger.start(len(tables.interactions), q, tables.rows_read)
@@ -134,8 +144,12 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
     conservation = ledger.close(len(inter), q)
     clock.done("filter", len(inter))
 
-    users = pd.Index(pd.unique(inter["user"].astype(str)), name="user")
-    items = pd.Index(pd.unique(inter["item"].astype(str)), name="item")
+    if parent is None:
+        users = pd.Index(pd.unique(inter["user"].astype(str)), name="user")
+        items = pd.Index(pd.unique(inter["item"].astype(str)), name="item")
+    else:  # an append: the parent's ids keep their index, new ones follow
+        users = appending.pinned_index(parent.users, inter["user"], "user")
+        items = appending.pinned_index(parent.items, inter["item"], "item")
     inter = inter.assign(user=users.get_indexer(inter["user"].astype(str)).astype(np.int32),
                          item=items.get_indexer(inter["item"].astype(str)).astype(np.int32))
     part = split_interactions(inter, cfg.split)
@@ -150,7 +164,8 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
     schema: dict[str, Any] = {"interactions": [c for c in ("user", "item", "rating", "timestamp", "review", "event") if c in inter.columns]}
     for prefix, table, key, fields, index in (("user", tables.users, "user", tables.user_fields, users),
                                               ("item", tables.items, "item", tables.item_fields, items)):
-        enc = encode_fields(table, key, fields, index.astype(str), prefix, q, tables.files.get(f"{prefix}s", source))
+        enc = encode_fields(table, key, fields, index.astype(str), prefix, q, tables.files.get(f"{prefix}s", source),
+                            pinned=parent.schema(f"{prefix}s") if parent is not None else None)
         side.update(enc.arrays)
         schema[f"{prefix}s"] = enc.schema
     graph_arrays, schema["graphs"] = encode_graphs(tables.graphs, users, items, q, source, tables.files,
@@ -204,6 +219,9 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
             "side": side_info,
             "seconds": round(time.perf_counter() - t0, 2),
         }
+        if parent is not None:  # the chain: parent, ancestors' fingerprints (fit --init_from accepts them)
+            manifest["lineage"] = parent.lineage(len(users) - len(parent.users), len(items) - len(parent.items),
+                                                 cfg.append.paths)
         write_manifest(manifest, tmp)
     clock.done("write", len(inter))
     if q.counts:

@@ -37,6 +37,9 @@ class FusionCLI(LightningCLI):
         parser.add_argument("--deepspeed_config", default=None, help="DeepSpeed JSON overriding configs/deepspeed/<name>.json")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, evaluate the best checkpoint (chosen on validation) once on the test split")
+        parser.add_argument("--init_from", default=None,
+                            help="fit: start from this checkpoint's weights (trained on this dataset or one it extends: "
+                                 "`data prepare --append`), growing its id tables; fresh optimizer (trainer/engine/init_from.py)")
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads --ckpt_path's hyper-parameters with a bare torch.load before any plugin: check the
@@ -48,6 +51,17 @@ class FusionCLI(LightningCLI):
         if ckpt and Path(ckpt).is_file():
             check_checkpoint_file(ckpt)
         super()._parse_ckpt_path()
+
+    def before_fit(self) -> None:
+        cfg = self.config["fit"]
+        if path := cfg.get("init_from"):
+            if cfg.get("ckpt_path"):
+                raise ValueError("--init_from starts a new run from a checkpoint's weights and --ckpt_path resumes "
+                                 "one: give one of them")
+            if "stage_3" in str(cfg.get("strategy_name")):
+                raise ValueError("--init_from grows the id tables before ZeRO-3 partitions them, which it cannot do "
+                                 "under deepspeed_stage_3: fine-tune with single, ddp or deepspeed_stage_1/2")
+            self.model.init_from = str(path)
 
     def instantiate_trainer(self, **kwargs):  # type: ignore[no-untyped-def]
         from trainer.engine.strategies import build_strategy

@@ -20,6 +20,7 @@ from trainer.engine.backbone_weights import restore_frozen_backbones, strip_froz
 from trainer.engine.collectives import gather_rows
 from trainer.engine.dataset_guard import KEY as DATASET_KEY
 from trainer.engine.dataset_guard import check_dataset, dataset_identity
+from trainer.engine.init_from import init_from_checkpoint
 from trainer.engine.metrics import RankingAccumulator, RatingAccumulator
 from trainer.engine.optim import OptimConfig, param_groups, warmup_cosine
 from trainer.engine.text_cache import build_sharded, load_or_build
@@ -40,6 +41,10 @@ def _as(cls: type, value: Any) -> Any:
 
 
 class FusionModule(pl.LightningModule):
+    init_from: str | None = None
+    """A checkpoint whose weights the towers start from once built (`fusionrec fit --init_from`, set by the CLI;
+    trainer/engine/init_from.py): trained on this dataset or one it extends; a run-time choice, not saved."""
+
     """Args:
         model: which sources, fusion head, sizes (trainer/model/config.py).
         loss: objectives and weights.
@@ -84,6 +89,8 @@ class FusionModule(pl.LightningModule):
             return
         dm = self.trainer.datamodule
         self.build_towers(dm.side, dm.hparams.history_len)
+        if self.init_from:  # before anything wraps or shards the tables: they grow for new users / items here
+            init_from_checkpoint(self, self.init_from, dm.side.manifest, dm.dataset_dir)
 
     def build_towers(self, side: SideData, history_len: int) -> None:
         """The towers and side buffers for a prepared dataset, without a trainer (used by `fusionrec export`)."""
