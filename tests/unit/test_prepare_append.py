@@ -54,6 +54,11 @@ def raw_pairs(folder: Path) -> set[tuple[str, str]]:
     return set(zip(t["user_id:token"], t["item_id:token"]))
 
 
+def vocab(manifest: dict, ent: str, field: str) -> list[str]:
+    return next(f["vocab"] for g in ("categorical", "multi_categorical") for f in manifest["schema"][ent].get(g, [])
+                if f["name"] == field)
+
+
 @pytest.fixture()
 def parent(tmp_path):
     cfg = parent_config(tmp_path / "parent")
@@ -73,10 +78,7 @@ def test_append_keeps_parent_indices_and_grows_maps(tmp_path, parent):
     # vocabularies: the parent's values keep their codes, new values (a new occupation, genres, a year) follow
     for ent, field, new_values in (("users", "occupation", ["doctor"]), ("items", "release_year", ["1998"]),
                                    ("items", "class", ["Crime", "Thriller"])):
-        def vocab(man):
-            return next(f["vocab"] for g in ("categorical", "multi_categorical") for f in man["schema"][ent].get(g, [])
-                        if f["name"] == field)
-        assert vocab(m) == vocab(p) + new_values
+        assert vocab(m, ent, field) == vocab(p, ent, field) + new_values
     side_p, side_c = root / layout.SIDE, child / layout.SIDE
     np.testing.assert_array_equal(np.load(side_c / "user_cat.npy")[:20], np.load(side_p / "user_cat.npy"))
     np.testing.assert_array_equal(np.load(side_c / "item_cat.npy")[:16], np.load(side_p / "item_cat.npy"))
