@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -45,7 +46,8 @@ class GpuProbe(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        torch.cuda.synchronize()  # kernels run asynchronously: time what has finished
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # kernels run asynchronously: time what has finished
         now = time.perf_counter()
         if trainer.global_step == self.warmup:
             self.t0 = now
@@ -64,7 +66,8 @@ class GpuProbe(pl.Callback):
             "steps": self.steps,
             "examples": self.examples,
             "seconds": (self.t1 - self.t0) if self.t0 is not None else 0.0,
-            "peak_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "peak_mib": (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+                         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20,  # CPU: max RSS
             "strategy": type(trainer.strategy).__name__,
             "precision": str(trainer.precision),
         }
@@ -79,7 +82,7 @@ def command(strategy: str, a: argparse.Namespace, gpus: int, out: Path) -> list[
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", str(gpus),
         "-m", "trainer.cli", "fit", "--config", a.config, "--strategy_name", strategy,
-        "--trainer.accelerator", "gpu", "--trainer.devices", str(gpus), "--trainer.num_nodes", "1",
+        "--trainer.accelerator", "gpu" if torch.cuda.is_available() else "cpu", "--trainer.devices", str(gpus), "--trainer.num_nodes", "1",
         "--trainer.precision", a.precision, "--trainer.max_steps", str(a.warmup + a.steps),
         "--trainer.limit_val_batches", "0", "--trainer.enable_checkpointing", "false",
         "--trainer.logger", "false", "--trainer.callbacks", json.dumps([probe]),

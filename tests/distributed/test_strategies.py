@@ -54,7 +54,9 @@ OBJECTIVES = {
     "softmax": ["--model.loss.weights", "{softmax: 1.0}", "--data.num_negatives", "4",
                 "--data.negative_sampler", "popularity"],
 }
-RANKED = ("ddp", "deepspeed_stage_2", "deepspeed_stage_3")
+RANKED = ("ddp", "deepspeed_stage_2", "deepspeed_stage_3", "ddp_sharded")
+# ddp with the user and item id tables row-sharded over the ranks (trainer/engine/sharded_embedding.py)
+VARIANTS = {"ddp_sharded": ("ddp", ["--model.shard_id_tables", "true"])}
 
 
 class Runs:
@@ -78,8 +80,9 @@ class Runs:
             "class_path": "tests.distributed.strategy_probe.StrategyProbe",
             "init_args": {"out": str(out / "probe")},
         }
+        name, extra = VARIANTS.get(strategy, (strategy, []))
         args = [
-            "fit", "--config", str(TINY), "--strategy_name", strategy,
+            "fit", "--config", str(TINY), "--strategy_name", name, *extra,
             "--trainer.accelerator", "cpu", "--trainer.devices", str(ranks),
             "--trainer.max_epochs", "1", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
             "--trainer.callbacks", json.dumps([probe]),
@@ -140,7 +143,7 @@ def test_two_ranks_train_like_one_process(runs, strategy):
     # has nothing to learn in 5 steps; the softmax test below checks that training makes progress
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_stage_2"])
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed_stage_2", "ddp_sharded"])
 def test_in_batch_softmax_at_two_ranks_is_the_one_process_objective(runs, strategy):
     """Sampled softmax over the global batch's candidates (gathered with gradients) + sampled negatives: the
     loss of 2 ranks x 16 rows equals 1 process x 32 at every step, so the gradients agree as well (the
@@ -171,3 +174,12 @@ def test_zero3_each_rank_holds_about_half_of_the_parameters(runs):
     assert all(
         r["params"]["local"] == r["params"]["full"] == records[0]["params"]["full"] for r in runs("ddp")
     )
+
+
+def test_sharded_id_tables_hold_half_of_their_rows_on_each_rank(runs):
+    """tests/fixtures/tiny: 16 items (and 20 users where the user tower has an id), dim 16: each rank keeps half
+    of every id table's rows, and nothing else changes."""
+    replicated, sharded = runs("ddp")[0]["params"], runs("ddp_sharded")
+    for r in sharded:
+        saved = replicated["local"] - r["params"]["local"]
+        assert saved >= 16 // 2 * 16 and saved % 16 == 0, (replicated, r["params"])

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from data_modules.side import SideData
+from trainer.engine import sharded_embedding
 from trainer.engine.backbone_weights import restore_frozen_backbones, strip_frozen_backbones
 from trainer.engine.collectives import gather_rows
 from trainer.engine.dataset_guard import KEY as DATASET_KEY
@@ -60,7 +61,7 @@ class FusionModule(pl.LightningModule):
 
     def __init__(self, model: ModelConfig | None = None, loss: LossConfig | None = None, optim: OptimConfig | None = None,
                  metrics_k: list[int] | None = None, monitor_k: int = 10, predict_top_k: int = 10, eval_item_batch: int = 4096,
-                 cold_start_eval: bool = False, allow_dataset_change: bool = False):
+                 cold_start_eval: bool = False, allow_dataset_change: bool = False, shard_id_tables: bool = False):
         super().__init__()
         self.model_cfg = _as(ModelConfig, model)
         self.loss_cfg = _as(LossConfig, loss)
@@ -71,6 +72,7 @@ class FusionModule(pl.LightningModule):
         self.monitor_k, self.predict_top_k, self.eval_item_batch = monitor_k, predict_top_k, eval_item_batch
         self.cold_start_eval = cold_start_eval
         self.allow_dataset_change = allow_dataset_change  # a run-time choice, not a hyper-parameter of the model
+        self.shard_id_tables = shard_id_tables  # id tables row-sharded over ddp ranks: trainer/engine/sharded_embedding.py
         self.save_hyperparameters({"model": asdict(self.model_cfg), "loss": asdict(self.loss_cfg), "optim": asdict(self.optim_cfg),
                                    "metrics_k": self.metrics_k, "monitor_k": monitor_k, "predict_top_k": predict_top_k,
                                    "eval_item_batch": eval_item_batch, "cold_start_eval": cold_start_eval})
@@ -91,6 +93,12 @@ class FusionModule(pl.LightningModule):
         self.build_towers(dm.side, dm.hparams.history_len)
         if self.init_from:  # before anything wraps or shards the tables: they grow for new users / items here
             init_from_checkpoint(self, self.init_from, dm.side.manifest, dm.dataset_dir)
+        if self.shard_id_tables and self.trainer.world_size > 1:
+            if type(self.trainer.strategy).__name__ != "DDPStrategy":
+                raise ValueError(f"model.shard_id_tables needs strategy_name ddp, not {type(self.trainer.strategy).__name__}"
+                                 " (ZeRO partitions every parameter already)")
+            names = sharded_embedding.shard_id_tables(self, self.trainer.global_rank, self.trainer.world_size)
+            self._ddp_params_and_buffers_to_ignore = names  # their gradients are averaged in the sharded lookup
 
     def build_towers(self, side: SideData, history_len: int) -> None:
         """The towers and side buffers for a prepared dataset, without a trainer (used by `fusionrec export`)."""
@@ -131,6 +139,7 @@ class FusionModule(pl.LightningModule):
             checkpoint[DATASET_KEY] = current
         # frozen text-backbone weights are rebuilt from their source on load (trainer/engine/backbone_weights.py)
         strip_frozen_backbones(self, checkpoint, self._trainer.strategy if self._trainer is not None else None)
+        sharded_embedding.gather_into_checkpoint(self, checkpoint, self._trainer.optimizers if self._trainer is not None else [])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         current = self._dataset()
@@ -138,6 +147,7 @@ class FusionModule(pl.LightningModule):
         if current is not None:
             check_dataset(checkpoint.get(DATASET_KEY), current, str(path), self.allow_dataset_change)
         restore_frozen_backbones(self, checkpoint, str(path))
+        sharded_embedding.slice_from_checkpoint(self, checkpoint)
 
     # -- training ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
