@@ -319,13 +319,18 @@ def read_jsonl(path: Path, q: Quarantine, encoding: str = "utf-8") -> pd.DataFra
 
 def read_parquet_file(path: Path) -> pd.DataFrame:
     """A Parquet file (possibly compressed as a whole); unreadable or without rows: a DataError naming it."""
-    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     try:
         source: Any = io.BytesIO(read_bytes(path)) if compression(path) else path
-        df = pd.read_parquet(source)
-    except (OSError, ValueError, pa.ArrowException) as e:
-        raise DataError(f"cannot read as parquet: {e}", path=path) from e
+        table = pq.read_table(source)
+        table.validate(full=True)  # flipped bits in a string page read fine but are not UTF-8: fail here, named
+        df = table.to_pandas()
+    except DataError:
+        raise
+    except Exception as e:  # damaged pages or metadata fail in pyarrow in many ways (KeyError from damaged
+        # pandas metadata, IndexError, ArrowInvalid, OSError): all of them mean the file is not readable Parquet
+        raise DataError(f"cannot read as parquet: {type(e).__name__}: {e}", path=path) from e
     if len(df) == 0:
         raise DataError("parquet file has no rows", path=path)
     df.attrs["rows_read"] = len(df)

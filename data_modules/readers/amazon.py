@@ -106,12 +106,13 @@ def _locate(path: Path, meta: str | Path | None) -> tuple[Path, Path | None]:
 
 
 def _records(path: Path, q: Quarantine, rows_read: dict[str, int]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (1-based line number, record) for every parseable line; quarantine the others; count lines."""
+    """Yield (1-based line number, record) for every parseable line; quarantine the others; count the non-blank
+    lines (a blank line is no row, as in the delimited readers: rows read = yielded + quarantined)."""
     rows_read[path.name] = 0
     for line_no, raw in iter_lines(path):
-        rows_read[path.name] = line_no
         if not raw.strip():
             continue
+        rows_read[path.name] += 1
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:

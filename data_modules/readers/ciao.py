@@ -59,7 +59,7 @@ def read_ciao(
         }
     ).reset_index(drop=True)
     out = CanonicalTables(
-        interactions=inter, quarantine=q, name="ciao", rows_read={ratings_path.name: len(raw)},
+        interactions=inter, quarantine=q, name="ciao", rows_read={ratings_path.name: raw.attrs.get("rows_read", len(raw))},
         origin=origin(df, ratings_path, 2), files={"items": str(ratings_path)},
     )
 
@@ -82,6 +82,6 @@ def read_ciao(
         edges = read_delimited(trust_path, "\t", q)
         require_columns(edges, ["userid", "trusted_userid"], trust_path)
         out.graphs["social"] = pd.DataFrame({"src": edges["userid"], "dst": edges["trusted_userid"]})
-        out.rows_read[trust_path.name] = len(edges)
+        out.rows_read[trust_path.name] = edges.attrs.get("rows_read", len(edges))
         out.files["social"] = str(trust_path)
     return out

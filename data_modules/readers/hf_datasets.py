@@ -85,7 +85,11 @@ def read_hf_dataset(source: str | Path, schema: Mapping[str, Any]) -> CanonicalT
         ref, split, kind = where[str(path)]
         ds = _split(dataset(ref), split, ref)
         wanted = _wanted_columns(kind, spec, ds.column_names, path)
-        frame = ds.select_columns(wanted).to_pandas()
+        try:
+            frame = ds.select_columns(wanted).to_pandas()
+        except Exception as e:  # the Arrow file is memory-mapped: damage past its schema shows only when read
+            raise DataError(f"cannot read the dataset's Arrow data (damaged?): {type(e).__name__}: {e}",
+                            path=ref if is_hub(ref) else Path(ref)) from e
         frame.attrs["rows_read"] = len(frame)
         for col, kind in (spec.get("fields") or {}).items():
             if kind == "text" and col in frame.columns:
@@ -114,7 +118,7 @@ def _open(ref: str | Path, hub_opts: Mapping[str, Any]) -> Any:
         raise DataError("not a folder written by `datasets` save_to_disk (or use hub:<owner>/<name>)", path=path)
     try:
         return datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as e:  # no dataset_info/state json, damaged arrow files
+    except Exception as e:  # no dataset_info/state json; a damaged Arrow file fails in pyarrow in many ways
         raise DataError(f"datasets.load_from_disk failed: {type(e).__name__}: {e}", path=path) from e
 
 

@@ -128,6 +128,11 @@ def _tags(
     counts["tag_order"] = pd.to_numeric(counts["tagID"], errors="coerce")
     counts = counts.sort_values(["artistID", "n", "tag_order"], ascending=[True, False, True], kind="stable")
     counts = counts.groupby("artistID", sort=False).head(top)
-    tag_names = names.set_index(names.columns[0])[names.columns[1]]
+    dup = names[names.columns[0]].duplicated()
+    if dup.any():  # one tag id listed twice: its first name is used
+        q.reject_many("duplicate_tag_id", int(dup.sum()), path=names_path, reason="tagID listed again; first name kept",
+                      records=names[dup].head(SAMPLE).to_dict("records"),
+                      rows=[int(i) + 2 for i in names.index[dup][:SAMPLE]])
+    tag_names = names[~dup].set_index(names.columns[0])[names.columns[1]]
     counts["tag"] = counts["tagID"].map(tag_names).fillna(counts["tagID"])
     return counts.groupby("artistID", sort=False)["tag"].agg(list)

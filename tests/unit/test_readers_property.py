@@ -6,7 +6,6 @@ duplicated or cut, values replaced by junk, the file truncated, gzipped, gzipped
 
 from __future__ import annotations
 
-import gzip
 import tempfile
 from pathlib import Path
 
@@ -18,10 +17,9 @@ from hypothesis import strategies as st  # noqa: E402
 
 from data_modules.errors import DataError  # noqa: E402
 from data_modules.readers.generic import read_generic  # noqa: E402
+from tests.helpers.damage import damage  # noqa: E402
 
 pytestmark = pytest.mark.unit
-
-JUNK = st.sampled_from(['"', '""', ",", "\t", "\xff", "\x00", "\r", "\n", "é", "n/a", "-1", "1e400", " ", "\ufeff"])
 
 
 @st.composite
@@ -29,39 +27,6 @@ def rows(draw) -> list[list[str]]:
     n = draw(st.integers(1, 25))
     return [[f"u{draw(st.integers(0, 5))}", f"i{draw(st.integers(0, 7))}", str(draw(st.integers(1, 5))),
              str(880_000_000 + draw(st.integers(0, 10**6)))] for _ in range(n)]
-
-
-@st.composite
-def damage(draw, text: bytes) -> bytes:
-    lines = text.split(b"\n")
-    for _ in range(draw(st.integers(0, 4))):
-        i = draw(st.integers(0, len(lines) - 1))
-        op = draw(st.sampled_from(["drop_field", "add_field", "junk", "dup", "cut", "bytes", "blank"]))
-        if op == "drop_field" and b"," in lines[i] + b"\t":
-            sep = b"," if b"," in lines[i] else b"\t"
-            lines[i] = sep.join(lines[i].split(sep)[:-1])
-        elif op == "add_field":
-            lines[i] += draw(st.sampled_from([b",", b"\t"])) + b"x"
-        elif op == "junk":
-            pos = draw(st.integers(0, len(lines[i])))
-            lines[i] = lines[i][:pos] + draw(JUNK).encode("utf-8", "surrogatepass") + lines[i][pos:]
-        elif op == "dup":
-            lines.insert(i, lines[i])
-        elif op == "cut":
-            lines[i] = lines[i][: draw(st.integers(0, len(lines[i])))]
-        elif op == "bytes":
-            pos = draw(st.integers(0, len(lines[i])))
-            lines[i] = lines[i][:pos] + draw(st.binary(min_size=1, max_size=3)) + lines[i][pos:]
-        else:
-            lines.insert(i, b"")
-    data = b"\n".join(lines)
-    if draw(st.booleans()):
-        data = data[: draw(st.integers(0, len(data)))]
-    if draw(st.booleans()):
-        data = gzip.compress(data)
-        if draw(st.booleans()):
-            data = data[: draw(st.integers(0, len(data)))]
-    return data
 
 
 @st.composite
