@@ -39,19 +39,26 @@
 # Needs a ModelCheckpoint with save_last (the configs have one); all ranks read the same file, as nothing writes
 # while the group is down (several nodes: RUN_DIR on a shared filesystem).
 set -euo pipefail
-# The newest checkpoint under $1 (optionally only those completed after unix time $2): a Lightning checkpoint file,
-# or a DeepSpeed checkpoint folder (ZeRO saves `last.ckpt` / `hpc_ckpt_N.ckpt` as a folder whose `latest` file names
-# its tag subfolder; `latest` is written after the shards, so its time is when the checkpoint was complete).
+# The newest complete checkpoint under $1 (optionally only those completed after unix time $2): a Lightning
+# checkpoint file, or a DeepSpeed checkpoint folder (ZeRO saves `last.ckpt` / `hpc_ckpt_N.ckpt` as a folder). fusionrec
+# writes a folder's fusionrec-checksums.sha256 after all its files, so its time is when the checkpoint was complete; a
+# folder without one (a save cut short) or with a file failing its checksum (truncated, damaged) is skipped, with a
+# line on stderr, and the next newest is taken.
 newest_checkpoint() {
-  local newer=()
+  local newer=() p stamp t
   if [ -n "${2:-}" ]; then newer=(-newermt "@$2"); fi
-  find "$1" -type f ${newer[@]+"${newer[@]}"} \( \( \( -name 'last*.ckpt' -o -name 'hpc_ckpt_*.ckpt' \) -printf '%T@ %p\n' \) \
-       -o \( -name latest -printf '%T@ %h\n' \) \) 2>/dev/null \
-    | while read -r t p; do
-        case "${p##*/}" in last*.ckpt|hpc_ckpt_*.ckpt) ;; *) continue ;; esac
-        if [ -d "$p" ] && ! [ -d "$p/$(head -n 1 "$p/latest")" ]; then continue; fi
-        echo "$t $p"
-      done | sort -rn | head -n 1 | cut -d' ' -f2-
+  find "$1" \( -type f -o -type d \) \( -name 'last*.ckpt' -o -name 'hpc_ckpt_*.ckpt' \) -prune -print 2>/dev/null \
+    | while read -r p; do
+        stamp="$p"; if [ -d "$p" ]; then stamp="$p/fusionrec-checksums.sha256"; fi
+        if [ ! -f "$stamp" ]; then echo "skipping $p: no fusionrec-checksums.sha256 (its save did not finish)" >&2; continue; fi
+        t=$(find "$stamp" ${newer[@]+"${newer[@]}"} -printf '%T@')
+        if [ -n "$t" ]; then echo "$t $p"; fi
+      done | sort -rn | while read -r t p; do
+        if [ -d "$p" ] && ! (cd "$p" && sha256sum --status --strict -c fusionrec-checksums.sha256 2>/dev/null); then
+          echo "skipping $p: a file in it fails its checksum (truncated or damaged)" >&2; continue
+        fi
+        echo "$p"; break
+      done
 }
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}"

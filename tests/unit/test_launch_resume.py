@@ -1,7 +1,9 @@
 """Which checkpoint the launchers resume: the newest Lightning checkpoint file OR DeepSpeed checkpoint folder.
 
 Under ZeRO, Lightning saves `last.ckpt` / `hpc_ckpt_N.ckpt` as a folder (`latest` names the tag subfolder holding
-the shards); a launcher that only looks for files restarts a requeued ZeRO job from scratch. Both scripts run here
+the shards); a launcher that only looks for files restarts a requeued ZeRO job from scratch. A folder is complete
+when its checksum manifest exists and every file matches it (trainer/engine/checkpoint_checksums.py); a newer
+folder that is not (an unfinished save, a truncated shard) is skipped with a line saying why. Both scripts run here
 for real, with `srun` and the fusionrec / python command replaced by scripts that record their arguments.
 """
 
@@ -12,6 +14,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from trainer.engine.checkpoint_checksums import write_checksums
 
 pytestmark = pytest.mark.unit
 
@@ -24,20 +28,33 @@ def _touch(path: Path, t: float, text: str = "x") -> None:
     os.utime(path, (t, t))
 
 
+def _zero_folder(ckpt: Path, t: float) -> Path:
+    """A DeepSpeed checkpoint folder as fusionrec saves it: shards, `latest`, then the checksum manifest."""
+    _touch(ckpt / "checkpoint" / "mp_rank_00_model_states.pt", t, "model states")
+    _touch(ckpt / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", t, "optimizer partition")
+    _touch(ckpt / "latest", t, "checkpoint")
+    manifest = write_checksums(ckpt)
+    os.utime(manifest, (t, t))
+    return ckpt
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> dict[str, Path]:
-    """An older checkpoint file, a newer complete DeepSpeed folder, and a still newer folder without `latest`
-    (a save that never finished) or whose `latest` names a missing tag: only the complete folder may be picked."""
+    """An older checkpoint file, a newer complete DeepSpeed folder, and still newer folders that must be skipped:
+    one whose save never finished (shards and `latest`, no manifest), one with a truncated shard, one with only
+    `latest`. Only the complete folder may be picked."""
     runs = tmp_path / "runs"
     plain = runs / "version_0" / "checkpoints" / "last.ckpt"
     _touch(plain, 1000)
-    zero = runs / "version_1" / "checkpoints" / "last.ckpt"
-    _touch(zero / "checkpoint" / "mp_rank_00_model_states.pt", 2000)
-    _touch(zero / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", 2000)
-    _touch(zero / "latest", 2000, "checkpoint")
+    zero = _zero_folder(runs / "version_1" / "checkpoints" / "last.ckpt", 2000)
     _touch(runs / "version_1" / "checkpoints" / "hpc_ckpt_3.ckpt" / "checkpoint" / "mp_rank_00_model_states.pt", 3000)
-    _touch(runs / "version_2" / "checkpoints" / "last.ckpt" / "latest", 3000, "global_step9")
-    return {"runs": runs, "plain": plain, "zero": zero}
+    _touch(runs / "version_1" / "checkpoints" / "hpc_ckpt_3.ckpt" / "latest", 3000, "checkpoint")
+    damaged = _zero_folder(runs / "version_2" / "checkpoints" / "last.ckpt", 3000)
+    shard = damaged / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[:5])  # truncated after the save
+    os.utime(shard, (3000, 3000))
+    _touch(runs / "version_3" / "checkpoints" / "last.ckpt" / "latest", 3000, "global_step9")
+    return {"runs": runs, "plain": plain, "zero": zero, "damaged": damaged}
 
 
 def _recorder(path: Path, out: Path) -> Path:
@@ -70,6 +87,8 @@ def test_slurm_sbatch_resumes_the_newest_deepspeed_checkpoint_folder(tmp_path, r
     args = out.read_text().splitlines()
     assert _ckpt_arg(args) == str(run_dir["zero"]), (args, p.stdout)
     assert f"last checkpoint {run_dir['zero']}" in p.stdout, p.stdout
+    assert f"skipping {run_dir['damaged']}: a file in it fails its checksum" in p.stderr, p.stderr
+    assert "hpc_ckpt_3.ckpt: no fusionrec-checksums.sha256 (its save did not finish)" in p.stderr, p.stderr
 
 
 def test_torchrun_worker_restart_resumes_the_deepspeed_checkpoint_folder_of_this_launch(tmp_path, run_dir):

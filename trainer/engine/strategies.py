@@ -83,9 +83,40 @@ class FusionDeepSpeedStrategy(DeepSpeedStrategy):
 
     _hf_config: Any = None
 
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        """DeepSpeed's save, bracketed by the folder's checksum manifest (trainer/engine/checkpoint_checksums.py):
+        removed before any rank writes, written by rank 0 after DeepSpeed's closing barrier."""
+        from trainer.engine.checkpoint_checksums import invalidate_checksums, write_checksums
+
+        filepath = self.broadcast(filepath)
+        if self.is_global_zero:
+            invalidate_checksums(filepath)
+        self.barrier("fusionrec.checksums.invalidated")
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+        if self.is_global_zero:
+            write_checksums(filepath)
+        self.barrier("fusionrec.checksums.written")
+
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        if Path(checkpoint_path).is_dir():
+            self._verify_folder(checkpoint_path)
         with _weights_only_deepspeed_loads():
             return super().load_checkpoint(checkpoint_path, weights_only=True)
+
+    def _verify_folder(self, folder: Any) -> None:
+        """Rank 0 checks the folder against its manifest (one read, not one per rank); every rank raises its error."""
+        from trainer.engine.checkpoint_checksums import verify_checksums
+        from trainer.engine.checkpointing import CheckpointCorruptError
+
+        error = None
+        if self.is_global_zero:
+            try:
+                verify_checksums(folder)
+            except CheckpointCorruptError as e:
+                error = str(e)
+        error = self.broadcast(error)
+        if error is not None:
+            raise CheckpointCorruptError(error)
 
     @contextmanager
     def model_sharded_context(self) -> Generator[None, None, None]:

@@ -57,8 +57,10 @@ def load_checkpoint(checkpoint: Path) -> dict[str, Any]:
     the client state's `fusionrec_dataset`); both read with weights_only loads. The state dict of a file
     lacks its frozen text-backbone weights (trainer/engine/backbone_weights.py)."""
     if checkpoint.is_dir():
+        from trainer.engine.checkpoint_checksums import verify_checksums
         from trainer.engine.strategies import consolidate_zero_checkpoint, zero_client_state
 
+        verify_checksums(checkpoint)  # a truncated shard or an unfinished save: an error naming the file
         client = zero_client_state(checkpoint)  # also holds DeepSpeed's own copy of the module: keep our records only
         return {**{k: client[k] for k in (DATASET_KEY, BACKBONES_KEY) if k in client},
                 "state_dict": consolidate_zero_checkpoint(checkpoint)}
