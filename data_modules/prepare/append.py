@@ -29,6 +29,7 @@ from data_modules.errors import DataError
 from data_modules.integrity import read_parquet
 from data_modules.manifest import load_manifest
 from data_modules.prepare.config import PrepareConfig
+from data_modules.prepare.split import TEST, VALID
 from data_modules.sources import read_source, source_files
 from data_modules.tables import CanonicalTables
 
@@ -54,16 +55,34 @@ class Parent:
         """The raw inputs the parent itself appended to its `source` (empty unless it is a child too)."""
         return list((((self.manifest.get("config") or {}).get("append") or {}).get("paths")) or [])
 
-    def lineage(self, new_users: int, new_items: int, paths: list[str]) -> dict[str, Any]:
-        """The child's `manifest.lineage` (`paths`: all its appended inputs): the parent, every ancestor
-        fingerprint (nearest first), and what this step added."""
+    def train_keys(self, n_items: int) -> np.ndarray:
+        """(E,) int64 user * n_items + item of the parent's training interactions, in the child's dense ids (the
+        same as the parent's: they keep their index)."""
+        keys = []
+        for s in self.manifest["shards"]["train"]:
+            t = read_parquet(self.root / s["path"], columns=["user", "item"])
+            keys.append(t["user"].to_numpy().astype(np.int64) * n_items + t["item"].to_numpy().astype(np.int64))
+        return np.concatenate(keys) if keys else np.zeros(0, np.int64)
+
+    def lineage(self, n_users: int, n_items: int, paths: list[str], inter: pd.DataFrame,
+                part: np.ndarray) -> dict[str, Any]:
+        """The child's `manifest.lineage` (`paths`: all its appended inputs; `inter`, `part`: its dense interactions
+        and split codes): the parent, every ancestor fingerprint (nearest first), what this step added, and
+        how many of the child's valid / test interactions the parent trained on (a model of the parent has seen
+        them: `fit --init_from` refuses such a pair unless the change is allowed explicitly)."""
         above = (self.manifest.get("lineage") or {}).get("ancestors") or []
         counts = self.manifest["counts"]
+        seen = self.train_keys(n_items)
+        keys = inter["user"].to_numpy().astype(np.int64) * n_items + inter["item"].to_numpy().astype(np.int64)
+        trained = np.isin(keys, seen)
         return {"parent": {"dir": str(self.root.resolve()), "fingerprint": self.fingerprint,
                            "name": self.manifest.get("name"),
                            "counts": {"users": int(counts["users"]), "items": int(counts["items"])}},
                 "ancestors": [self.fingerprint, *above],
-                "added": {"users": new_users, "items": new_items, "paths": list(paths[len(self.paths()):])}}
+                "added": {"users": n_users - len(self.users), "items": n_items - len(self.items),
+                          "paths": list(paths[len(self.paths()):])},
+                "parent_train_in_eval": {"valid": int((trained & (part == VALID)).sum()),
+                                         "test": int((trained & (part == TEST)).sum())}}
 
 
 def _id_map(root: Path, name: str, expected: int) -> pd.Index:

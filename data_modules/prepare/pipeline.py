@@ -220,8 +220,7 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
             "seconds": round(time.perf_counter() - t0, 2),
         }
         if parent is not None:  # the chain: parent, ancestors' fingerprints (fit --init_from accepts them)
-            manifest["lineage"] = parent.lineage(len(users) - len(parent.users), len(items) - len(parent.items),
-                                                 cfg.append.paths)
+            manifest["lineage"] = parent.lineage(len(users), len(items), cfg.append.paths, inter, part)
         write_manifest(manifest, tmp)
     clock.done("write", len(inter))
     if q.counts:

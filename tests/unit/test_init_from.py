@@ -39,7 +39,8 @@ def save(m: FusionModule, root: Path, path: Path, identity: bool = True) -> Path
 
 @pytest.fixture()
 def datasets(tmp_path):
-    cfg = parent_config(tmp_path / "parent")
+    """Parent and child under a temporal split: the child's valid / test rows are the newest, never parent training."""
+    cfg = parent_config(tmp_path / "parent", protocol="temporal")
     parent = pipeline.prepare(cfg).path
     child = pipeline.prepare(with_appended(cfg, [str(NEW)], str(tmp_path / "child"))).path
     return parent, child
@@ -86,7 +87,7 @@ def test_init_from_grows_tables_and_keeps_the_parents_rows(tmp_path, datasets):
 
 def test_init_from_refuses_an_unrelated_dataset(tmp_path, datasets):
     _, child_dir = datasets
-    other_dir = pipeline.prepare(parent_config(tmp_path / "other", seed=7)).path  # another split of the same files
+    other_dir = pipeline.prepare(parent_config(tmp_path / "other")).path  # another split of the same files
     ckpt = save(module(other_dir, seed=0), other_dir, tmp_path / "other.ckpt")
     child = module(child_dir, seed=1)
     before = {k: v.clone() for k, v in child.state_dict().items()}
@@ -96,6 +97,18 @@ def test_init_from_refuses_an_unrelated_dataset(tmp_path, datasets):
     bare = save(module(other_dir, seed=0), other_dir, tmp_path / "bare.ckpt", identity=False)
     with pytest.raises(DatasetMismatchError, match="records no prepared-dataset fingerprint"):
         init_from_checkpoint(child, bare, SideData(child_dir).manifest, child_dir)
+
+
+def test_init_from_refuses_a_parent_that_trained_on_the_childs_test_rows(tmp_path):
+    cfg = parent_config(tmp_path / "parent")  # RecBole's random split, redrawn over the grown table by the child
+    parent_dir = pipeline.prepare(cfg).path
+    child_dir = pipeline.prepare(with_appended(cfg, [str(NEW)], str(tmp_path / "child"))).path
+    ckpt = save(module(parent_dir, seed=0), parent_dir, tmp_path / "parent.ckpt")
+    manifest = SideData(child_dir).manifest
+    with pytest.raises(DatasetMismatchError, match="were training interactions of the parent"):
+        init_from_checkpoint(module(child_dir, seed=1), ckpt, manifest, child_dir)
+    report = init_from_checkpoint(module(child_dir, seed=1), ckpt, manifest, child_dir, allow_change=True)
+    assert report["grown"]  # allowed explicitly: loads
 
 
 def test_init_from_refuses_another_model_config(tmp_path, datasets):

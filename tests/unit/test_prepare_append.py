@@ -1,6 +1,6 @@
 """Incremental preparation (data_modules/prepare/append.py) on the tiny RecBole fixture plus new files in the same
-format (tests/fixtures/tiny_append: 10 new ratings of existing users, two new users, one new item with a new
-genre and release year): ids and vocabulary codes of the parent stay, the maps grow, the manifest records the chain."""
+format (tests/fixtures/tiny_append: 10 new ratings of existing users on items they had not rated, two new users,
+one new item with a new genre and release year): ids and vocabulary codes of the parent stay, the maps grow, the manifest records the chain."""
 
 import json
 from pathlib import Path
@@ -22,11 +22,11 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 TINY, NEW = FIXTURES / "tiny", FIXTURES / "tiny_append"
 
 
-def parent_config(out: Path, seed: int = 2020) -> PrepareConfig:
+def parent_config(out: Path, seed: int = 2020, protocol: str = "recbole") -> PrepareConfig:
     return PrepareConfig.from_dict({
         "source": {"format": "recbole", "path": str(TINY), "name": "tiny"},
         "clean": {"rating_range": [1, 5]},
-        "split": {"protocol": "recbole", "seed": seed},
+        "split": {"protocol": protocol, "seed": seed},
         "output": {"dir": str(out), "shard_rows": 64, "block_rows": 16},
     })
 
@@ -57,6 +57,29 @@ def raw_pairs(folder: Path) -> set[tuple[str, str]]:
 def vocab(manifest: dict, ent: str, field: str) -> list[str]:
     return next(f["vocab"] for g in ("categorical", "multi_categorical") for f in manifest["schema"][ent].get(g, [])
                 if f["name"] == field)
+
+
+def count_leak(parent: Path, child: Path) -> dict[str, int]:
+    """Child valid / test (user, item) pairs that are parent training pairs, by brute force over raw ids."""
+    pu, pi, cu, ci = id_map(parent, "users"), id_map(parent, "items"), id_map(child, "users"), id_map(child, "items")
+    pm, cm = load_manifest(parent), load_manifest(child)
+
+    def split_pairs(root, m, users, items, split):
+        out = []
+        for s in m["shards"][split]:
+            t = pq.read_table(root / s["path"], columns=["user", "item"]).to_pandas()
+            out += [(users[u], items[i]) for u, i in zip(t["user"], t["item"])]
+        return out
+
+    trained = set(split_pairs(parent, pm, pu, pi, "train"))
+    return {split: sum(p in trained for p in split_pairs(child, cm, cu, ci, split)) for split in ("valid", "test")}
+
+
+def test_temporal_child_keeps_the_parents_training_rows_in_training(tmp_path):
+    cfg = parent_config(tmp_path / "parent", protocol="temporal")
+    root = pipeline.prepare(cfg).path
+    child = pipeline.prepare(with_appended(cfg, [str(NEW)], str(tmp_path / "child")))
+    assert child.manifest["lineage"]["parent_train_in_eval"] == {"valid": 0, "test": 0} == count_leak(root, child.path)
 
 
 @pytest.fixture()
@@ -99,6 +122,10 @@ def test_manifest_records_the_chain_and_reruns_are_free(tmp_path, parent):
                                       "counts": {"users": 20, "items": 16}}
     assert m["lineage"]["ancestors"] == [p["fingerprint"]]
     assert m["lineage"]["added"] == {"users": 2, "items": 1, "paths": [str(NEW)]}
+    # RecBole's random split redrawn over the grown table puts some of the parent's training rows in valid / test
+    leak = m["lineage"]["parent_train_in_eval"]
+    assert leak["valid"] + leak["test"] > 0
+    assert leak == count_leak(root, first.path)
     assert m["fingerprint"] != p["fingerprint"]
     assert pipeline.prepare(child_cfg).reused  # same inputs and options: nothing to do
     # a second step: one more user; the grandchild lists both ancestors, nearest first

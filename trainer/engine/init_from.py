@@ -4,7 +4,9 @@ An appended dataset (data_modules/prepare/append.py) keeps every parent user and
 every vocabulary code, and lists its ancestors' fingerprints in `manifest.lineage`. So a checkpoint whose
 `fusionrec_dataset` fingerprint is the dataset's own or one of its ancestors' has weights that still mean the
 same thing row by row; any other checkpoint is refused (DatasetMismatchError): its id rows would land on other
-users and items.
+users and items. So is a parent checkpoint when some of the dataset's valid / test interactions were the parent's
+training rows (`lineage.parent_train_in_eval`, e.g. a random split redrawn over the grown table): its held-out
+scores would not be held out (`--model.allow_dataset_change true` overrides this one).
 
 Loading (`grow_into`): the model is built for the new dataset first (Lightning's `configure_model`), then each of
 its parameters is taken from the checkpoint:
@@ -49,8 +51,10 @@ def accepted_fingerprints(manifest: dict[str, Any]) -> list[str]:
 
 
 def check_lineage(stored: dict[str, Any] | None, manifest: dict[str, Any], dataset_dir: str | Path,
-                  checkpoint: str) -> tuple[int, int]:
-    """(users, items) of the checkpoint's dataset after checking it is this dataset or an ancestor of it."""
+                  checkpoint: str, allow_change: bool = False) -> tuple[int, int]:
+    """(users, items) of the checkpoint's dataset after checking it is this dataset or an ancestor of it, and, for
+    the parent, that none of this dataset's valid / test interactions were its training rows (`allow_change`
+    overrides that second check only: an unrelated dataset is always refused)."""
     if stored is None:
         raise DatasetMismatchError(f"checkpoint {checkpoint} records no prepared-dataset fingerprint (written by an "
                                    "older fusionrec): cannot tell which users and items its id rows belong to")
@@ -62,12 +66,23 @@ def check_lineage(stored: dict[str, Any] | None, manifest: dict[str, Any], datas
             f"given, {Path(dataset_dir).resolve()} (fingerprint {chain[0][:16]}…), nor one of its ancestors "
             f"({len(chain) - 1} in its manifest lineage): its id rows would belong to other users and items. Extend "
             "the checkpoint's dataset with `fusionrec data prepare CONFIG --append NEW... --out DIR` and fine-tune on that")
+    lineage = manifest.get("lineage") or {}
+    leak = lineage.get("parent_train_in_eval") or {}
+    if stored.get("fingerprint") == (lineage.get("parent") or {}).get("fingerprint") and sum(leak.values()):
+        what = (f"--init_from {checkpoint}: {leak.get('valid', 0)} valid and {leak.get('test', 0)} test interactions of "
+                f"{Path(dataset_dir).resolve()} were training interactions of the parent it was trained on, so its "
+                "scores on them are not held-out scores")
+        if not allow_change:
+            raise DatasetMismatchError(f"{what}. Split the appended dataset so the parent's training rows stay in "
+                                       "training (e.g. split.protocol temporal), or pass "
+                                       "--model.allow_dataset_change true if that is intended")
+        log.warning("%s; continuing because the dataset change is allowed explicitly", what)
     counts = stored.get("counts") or {}
     return int(counts["users"]), int(counts["items"])
 
 
 def init_from_checkpoint(module: nn.Module, checkpoint: str | Path, manifest: dict[str, Any],
-                         dataset_dir: str | Path) -> dict[str, Any]:
+                         dataset_dir: str | Path, allow_change: bool = False) -> dict[str, Any]:
     """Load `checkpoint` into the built `module` (a FusionModule with towers) growing its tables; returns what was
     done: {"copied", "grown": {name: (old rows, new rows)}, "from_side": {table: rows}}."""
     path = Path(checkpoint)
@@ -75,7 +90,7 @@ def init_from_checkpoint(module: nn.Module, checkpoint: str | Path, manifest: di
         raise FileNotFoundError(f"--init_from {path}: not a checkpoint file (a DeepSpeed checkpoint folder: "
                                 "consolidate it first, `python <folder>/zero_to_fp32.py <folder> model.ckpt`)")
     ckpt = load_weights_only(path)
-    old_users, old_items = check_lineage(ckpt.get(DATASET_KEY), manifest, dataset_dir, str(path))
+    old_users, old_items = check_lineage(ckpt.get(DATASET_KEY), manifest, dataset_dir, str(path), allow_change)
     restore_frozen_backbones(module, ckpt, str(path))  # frozen text weights are not stored: verified and put back
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):

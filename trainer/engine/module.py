@@ -92,7 +92,8 @@ class FusionModule(pl.LightningModule):
         dm = self.trainer.datamodule
         self.build_towers(dm.side, dm.hparams.history_len)
         if self.init_from:  # before anything wraps or shards the tables: they grow for new users / items here
-            init_from_checkpoint(self, self.init_from, dm.side.manifest, dm.dataset_dir)
+            init_from_checkpoint(self, self.init_from, dm.side.manifest, dm.dataset_dir,
+                                 self.allow_dataset_change)
         if self.shard_id_tables and self.trainer.world_size > 1:
             if type(self.trainer.strategy).__name__ != "DDPStrategy":
                 raise ValueError(f"model.shard_id_tables needs strategy_name ddp, not {type(self.trainer.strategy).__name__}"
