@@ -1,5 +1,7 @@
 """Full-ranking evaluation data: one example per user with held-out items, the history to condition on, and the
 items already seen (to mask). Validation conditions on train; test conditions on train + valid (RecBole's protocol).
+Where the prepared dataset stores sampled-evaluation negatives (data_modules/prepare/negatives.py), each user also
+carries the candidates of every protocol: their held-out items plus the distinct negatives drawn for them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from data_modules.errors import DataError
 from data_modules.integrity import check_shard, check_side, load_npy, read_parquet
+from data_modules.prepare import negatives
 
 
 def read_split(root: Path, manifest: dict, split: str, verify: bool = True) -> pd.DataFrame:
@@ -35,7 +39,8 @@ class RankingEvalSet(Dataset):
     Each item is one user; `collate` builds the batch:
         user (B,) long; padding (B,) bool (rows that only even out batch counts across ranks); history (B, L) long + history_mask (B, L) bool (right-aligned, most recent last);
         seen_rows / seen_cols (nnz,) long: (batch row, item) pairs to mask before ranking;
-        target_rows / target_cols (nnz,) long and target_ratings (nnz,) float: the held-out items.
+        target_rows / target_cols (nnz,) long and target_ratings (nnz,) float: the held-out items;
+        sampled_<protocol>_rows / _cols (nnz,) long: (batch row, item) candidates of each stored protocol (uni100 ...).
     """
 
     def __init__(self, root: str | Path, manifest: dict, split: str, history_len: int, rank: int = 0, world_size: int = 1,
@@ -60,6 +65,8 @@ class RankingEvalSet(Dataset):
         self.tgt_offsets, self.tgt_items = _csr(tu, target["item"].to_numpy().astype(np.int64), n_users)
         rating = target["rating"].to_numpy(dtype=np.float32) if "rating" in target else np.full(len(target), np.nan, np.float32)
         _, self.tgt_ratings = _csr(tu, rating, n_users)
+        self.sampled = {name: _negatives(root, entry, split, n_users, verify)
+                        for name, entry in sorted(negatives.stored(manifest).items())}
         users = np.unique(tu)
         # Every rank gets the same number of users (hence of batches: ZeRO-3 runs collectives in each step, so a
         # rank with one batch fewer would hang the others). Padding rows are user -1: no targets, not counted.
@@ -79,6 +86,7 @@ class RankingEvalSet(Dataset):
         hist = np.zeros((len(users), L), dtype=np.int64)
         mask = np.zeros((len(users), L), dtype=bool)
         seen_r, seen_c, tr, tc, trat = [], [], [], [], []
+        sampled: dict[str, tuple[list, list]] = {name: ([], []) for name in self.sampled}
         padding = [u < 0 for u in users]
         users = [max(u, 0) for u in users]
         for row, u in enumerate(users):
@@ -93,6 +101,9 @@ class RankingEvalSet(Dataset):
             seen_r.append(np.full(len(seen), row)); seen_c.append(seen)  # noqa: E702
             t = slice(self.tgt_offsets[u], self.tgt_offsets[u + 1])
             tr.append(np.full(t.stop - t.start, row)); tc.append(self.tgt_items[t]); trat.append(self.tgt_ratings[t])  # noqa: E702
+            for name, (n_off, neg_items) in self.sampled.items():
+                cand = np.unique(np.concatenate([self.tgt_items[t], neg_items[n_off[u]:n_off[u + 1]]]))
+                sampled[name][0].append(np.full(len(cand), row)); sampled[name][1].append(cand)  # noqa: E702
         cat = lambda xs, dt: torch.from_numpy(np.concatenate(xs).astype(dt)) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
         return {
             "user": torch.tensor(users, dtype=torch.long),
@@ -102,4 +113,17 @@ class RankingEvalSet(Dataset):
             "seen_rows": cat(seen_r, np.int64), "seen_cols": cat(seen_c, np.int64),
             "target_rows": cat(tr, np.int64), "target_cols": cat(tc, np.int64),
             "target_ratings": cat(trat, np.float32),
+            **{f"sampled_{name}_{part}": cat(xs, np.int64) for name, (r, c) in sampled.items()
+               for part, xs in (("rows", r), ("cols", c))},
         }
+
+
+def _negatives(root: Path, entry: dict, split: str, n_users: int, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One protocol's negatives of `split` grouped by user: (offsets (n_users + 1,), items) (duplicates kept)."""
+    if split not in entry:
+        raise DataError(f"the manifest's negatives list no {split!r} file: re-run `fusionrec data prepare`", path=root)
+    table = read_parquet(check_shard(root, f"negatives ({split})", entry[split], hash=verify))
+    negs = table.column("negatives").combine_chunks()
+    num = negs.type.list_size
+    users = np.repeat(table.column("user").to_numpy().astype(np.int64), num)
+    return _csr(users, negs.flatten().to_numpy().astype(np.int64), n_users)

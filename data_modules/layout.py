@@ -8,6 +8,9 @@
                                          user's time-ordered training sequence, see history_*)
     <dir>/valid/part-*.parquet           columns: user, item, rating, timestamp
     <dir>/test/part-*.parquet            idem
+    <dir>/negatives/<protocol>_<split>.parquet   optional (prepare `negatives.protocols`, e.g. uni100): per held-out
+                                         interaction of valid / test, user, item, negatives list<int32>[N]
+                                         (data_modules/prepare/negatives.py); listed in manifest `negatives`
     <dir>/side/*.npy                     memory-mappable side arrays (np.load(mmap_mode="r")):
         history_offsets (n_users + 1,) int64 / history_items (n_train,) int32
             each user's training items in time order (CSR); user u's sequence is

@@ -9,6 +9,7 @@ from typing import Any
 from data_modules import layout
 from data_modules.errors import DataError
 from data_modules.integrity import check_shard, check_side
+from data_modules.prepare import negatives
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
@@ -27,13 +28,13 @@ def check_paths(root: str | Path, manifest: dict[str, Any], path: str | Path) ->
     `..` or resolves (through a link) elsewhere, or a side array name that is not a plain file name. A dataset
     copied from an untrusted place must not make the loader read (or the checksum step hash) arbitrary files."""
     inside = Path(root).resolve()
-    for split, shards in (manifest.get("shards") or {}).items():
-        for s in shards:
-            rel = str(s.get("path", ""))
-            target = (inside / rel).resolve()
-            if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts or not target.is_relative_to(inside):
-                raise DataError(f"{split} shard path {rel!r} is outside the dataset folder {inside}: refused "
-                                "(a manifest names files relative to its own folder)", path=path)
+    listed = [(f"{split} shard", s) for split, shards in (manifest.get("shards") or {}).items() for s in shards]
+    for what, s in listed + negatives.files(manifest):
+        rel = str(s.get("path", ""))
+        target = (inside / rel).resolve()
+        if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts or not target.is_relative_to(inside):
+            raise DataError(f"{what} path {rel!r} is outside the dataset folder {inside}: refused "
+                            "(a manifest names files relative to its own folder)", path=path)
     for name in manifest.get("side") or {}:
         if not name or Path(name).name != name or name in (".", "..") or "\\" in name:
             raise DataError(f"side array name {name!r} is not a plain file name inside {inside / layout.SIDE}: "
@@ -48,6 +49,8 @@ def verify_checksums(root: str | Path, manifest: dict[str, Any]) -> None:
             check_shard(root, split, s)
     for name, info in manifest.get("side", {}).items():
         check_side(root, name, info)
+    for what, entry in negatives.files(manifest):
+        check_shard(root, what, entry)
 
 
 def format_manifest(m: dict[str, Any], root: str | Path) -> str:

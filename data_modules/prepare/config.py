@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 import yaml
 
+from data_modules.prepare.negatives import NegativesConfig
+
 SPLIT_PROTOCOLS = ("recbole", "ratio", "leave_one_out", "temporal", "cold_item", "cold_user", "presplit")
 SOURCE_FORMATS = ("recbole", "movielens", "amazon", "lastfm", "ciao", "generic", "hf_datasets")
 
@@ -212,6 +214,7 @@ class PrepareConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     text: TextConfig = field(default_factory=TextConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
     append: AppendConfig | None = None
     """(dict) extend the prepared folder `append.parent` with `append.paths`; null = a dataset of its own."""
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -224,6 +227,7 @@ class PrepareConfig:
             raise ValueError(f"unknown prepare config sections {sorted(unknown)}; expected {sorted(groups)}")
         kinds = {"source": SourceConfig, "clean": CleanConfig, "filter": FilterConfig, "split": SplitConfig,
                  "text": TextConfig, "output": OutputConfig, "engine": EngineConfig}
+        kinds["negatives"] = NegativesConfig  # sampled-evaluation negatives: data_modules/prepare/negatives.py
         built: dict[str, Any] = {}
         if app := d.get("append"):
             bad = set(app) - {f.name for f in fields(AppendConfig)}

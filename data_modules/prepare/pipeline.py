@@ -24,6 +24,7 @@ from data_modules.prepare.conservation import RowLedger
 from data_modules.prepare.features import encode_fields, encode_graphs
 from data_modules.prepare.filter import filter_interactions
 from data_modules.prepare.lock import build_lock
+from data_modules.prepare.negatives import write_negatives
 from data_modules.prepare.plausible import PROVENANCE, check_timestamps, clean_graphs, trim_ids
 from data_modules.prepare.split import TEST, TRAIN, VALID, split_interactions
 from data_modules.prepare.text import render_texts, tokenize
@@ -57,6 +58,8 @@ def fingerprint(cfg: PrepareConfig) -> str:
     h = hashlib.sha256()
     opts = cfg.options()  # the engine is left out: both give the same output
     opts["output"] = {k: v for k, v in opts["output"].items() if k != "dir"}
+    if not opts["negatives"]["protocols"]:
+        del opts["negatives"]  # no sampled-evaluation negatives: the fingerprint is the one before they existed
     inputs = []
     if opts.get("append") is None:
         opts.pop("append", None)  # not an append: the fingerprint is the one before appends existed (no rebuild)
@@ -197,6 +200,7 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
         for name, code in (("valid", VALID), ("test", TEST)):
             ev = inter[part == code].sort_values(["user", "item"], kind="stable")
             shards[name] = write_shards(ev, tmp / name, tmp, cfg.output.shard_rows, cfg.output.block_rows)
+        negatives = write_negatives(cfg.negatives, inter, part, len(items), tmp, {"valid": VALID, "test": TEST})
         side_info = write_side(side, tmp)
         write_id_maps(users, items, tmp)
         q.write(tmp / layout.QUARANTINE)
@@ -221,6 +225,8 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
         }
         if parent is not None:  # the chain: parent, ancestors' fingerprints (fit --init_from accepts them)
             manifest["lineage"] = parent.lineage(len(users), len(items), cfg.append.paths, inter, part)
+        if negatives:  # seeded negatives for sampled evaluation (prepare/negatives.py)
+            manifest["negatives"] = negatives
         write_manifest(manifest, tmp)
     clock.done("write", len(inter))
     if q.counts:

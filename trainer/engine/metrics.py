@@ -10,11 +10,12 @@ Definitions follow RecBole (binary relevance, ranks 1-based, users without relev
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from trainer.engine.topk import masked_block, top_k
 
 METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
 Items = Sequence[Sequence[int]] | tuple[Tensor, Tensor]
@@ -36,42 +37,48 @@ def _pairs(items: Items, batch: int, device: torch.device) -> tuple[Tensor, Tens
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _tie_order(n: int, seed: int, device: torch.device) -> Tensor:
-    """The fixed random item order that breaks score ties; made once per catalog size, not per batch."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(device)
-
-
 def ranking_metrics(
     scores: Tensor,
     relevant: Items,
     ks: Sequence[int],
     seen: Items | None = None,
     tie_seed: int = 0,
+    block: int | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Per-user top-K metrics for a score matrix (B, n_items).
 
     `seen` items (training interactions) are set to -inf before ranking. Equal scores are ordered by a fixed random
     permutation of the items (`tie_seed`), not by item index: dense ids follow the order items first appear in the
     data, which correlates with popularity, so index order would reward a model that cannot tell items apart (an
-    id-only model on cold-start items scores them all alike and must land at chance). Returns
-    ({f"{metric}@{k}": (B,)}, valid (B,) bool = user has at least one relevant item); values of invalid rows are 0.
+    id-only model on cold-start items scores them all alike and must land at chance). The order is exact (score,
+    then place in the permutation; trainer/engine/topk.py), so ranking `block` items at a time (default: all at once)
+    gives the same result. Returns ({f"{metric}@{k}": (B,)}, valid (B,) bool = user has at least one relevant
+    item); values of invalid rows are 0.
     """
     b, n = scores.shape
-    scores = scores.float().clone()
-    if seen is not None:
-        rows, cols = _pairs(seen, b, scores.device)
-        scores[rows, cols] = float("-inf")
-    rows, cols = _pairs(relevant, b, scores.device)
-    rel = torch.zeros(b, n, dtype=torch.bool, device=scores.device)
-    rel[rows, cols] = True
-    n_rel = rel.sum(1).float()  # (B,)
+    rows, cols = _pairs(seen, b, scores.device) if seen is not None else (None, None)
+
+    def score_block(start: int, stop: int) -> Tensor:
+        s = scores[:, start:stop].float().clone()
+        return s if rows is None else masked_block(s, rows, cols, start)
+
+    top, _ = top_k(score_block, n, max(ks), block or n, tie_seed, scores.device)
+    return metrics_at(top, relevant, ks, n)
+
+
+def metrics_at(top: Tensor, relevant: Items, ks: Sequence[int], n_items: int) -> tuple[dict[str, Tensor], Tensor]:
+    """Metrics of ranked lists top (B, k_max) (item ids, best first; -1 = an empty slot) against the relevant items;
+    k_max may be below max(ks) when the catalog is smaller. Returns what `ranking_metrics` returns."""
+    b, k_max = top.shape
+    device = top.device
+    rows, cols = _pairs(relevant, b, device)
+    codes = torch.unique(rows * n_items + cols)  # sorted; repeated (row, item) pairs count once
+    n_rel = torch.bincount(codes // n_items, minlength=b).float()  # (B,)
     valid = n_rel > 0
-    k_max = min(max(ks), n)
-    perm = _tie_order(n, tie_seed, scores.device)
-    top = perm[scores[:, perm].topk(k_max, dim=1).indices]  # (B, k_max); ties in `perm` order
-    hits = rel.gather(1, top).float()  # (B, k_max)
-    ranks = torch.arange(1, k_max + 1, device=scores.device, dtype=torch.float32)
+    query = torch.arange(b, device=device).unsqueeze(1) * n_items + top
+    at = torch.searchsorted(codes, query).clamp(max=max(len(codes) - 1, 0))
+    hits = ((codes[at] == query) & (top >= 0)).float() if len(codes) else torch.zeros_like(top, dtype=torch.float32)
+    ranks = torch.arange(1, k_max + 1, device=device, dtype=torch.float32)
     discount = 1.0 / torch.log2(ranks + 1)
     out: dict[str, Tensor] = {}
     for k in ks:
@@ -111,7 +118,13 @@ class RankingAccumulator:
         self.count = torch.zeros((), dtype=torch.float64)
 
     def update(self, scores: Tensor, relevant: Items, seen: Items | None = None) -> None:
-        values, valid = ranking_metrics(scores, relevant, self.ks, seen)
+        self.update_values(*ranking_metrics(scores, relevant, self.ks, seen))
+
+    def update_top(self, top: Tensor, relevant: Items, n_items: int) -> None:
+        """Add ranked lists top (B, k) already cut (trainer/engine/topk.py), e.g. by block-wise ranking."""
+        self.update_values(*metrics_at(top, relevant, self.ks, n_items))
+
+    def update_values(self, values: dict[str, Tensor], valid: Tensor) -> None:
         sums = torch.stack([values[n].sum() for n in self.names]).double()
         self.sums = self.sums.to(sums.device) + sums
         self.count = self.count.to(sums.device) + valid.sum()

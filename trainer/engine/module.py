@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from data_modules.prepare.negatives import stored as stored_negatives
 from data_modules.side import SideData
 from trainer.engine import sharded_embedding
 from trainer.engine.backbone_weights import restore_frozen_backbones, strip_frozen_backbones
 from trainer.engine.collectives import gather_rows
 from trainer.engine.dataset_guard import KEY as DATASET_KEY
 from trainer.engine.dataset_guard import check_dataset, dataset_identity
+from trainer.engine.evaluator import EvalConfig, SampledEval, full_ranking_top
 from trainer.engine.init_from import init_from_checkpoint
 from trainer.engine.metrics import RankingAccumulator, RatingAccumulator
 from trainer.engine.optim import OptimConfig, param_groups, warmup_cosine
@@ -55,13 +57,16 @@ class FusionModule(pl.LightningModule):
         predict_top_k: items per user written by `fusionrec predict`.
         eval_item_batch: items per chunk when encoding the whole catalog for evaluation.
         cold_start_eval: rank only items without training interactions (the candidates of a cold-start split).
+        evaluation: block-wise full ranking (`block_items`) and the sampled-negative protocols (trainer/engine/
+            evaluator.py EvalConfig).
         allow_dataset_change: load a checkpoint trained on a different prepared dataset (trainer/engine/
             dataset_guard.py); off by default: a changed split could leak test items.
     """
 
     def __init__(self, model: ModelConfig | None = None, loss: LossConfig | None = None, optim: OptimConfig | None = None,
                  metrics_k: list[int] | None = None, monitor_k: int = 10, predict_top_k: int = 10, eval_item_batch: int = 4096,
-                 cold_start_eval: bool = False, allow_dataset_change: bool = False, shard_id_tables: bool = False):
+                 cold_start_eval: bool = False, allow_dataset_change: bool = False, shard_id_tables: bool = False,
+                 evaluation: EvalConfig | None = None):
         super().__init__()
         self.model_cfg = _as(ModelConfig, model)
         self.loss_cfg = _as(LossConfig, loss)
@@ -71,16 +76,19 @@ class FusionModule(pl.LightningModule):
             raise ValueError(f"monitor_k={monitor_k} must be one of metrics_k={self.metrics_k}")
         self.monitor_k, self.predict_top_k, self.eval_item_batch = monitor_k, predict_top_k, eval_item_batch
         self.cold_start_eval = cold_start_eval
+        self.eval_cfg = _as(EvalConfig, evaluation)
         self.allow_dataset_change = allow_dataset_change  # a run-time choice, not a hyper-parameter of the model
         self.shard_id_tables = shard_id_tables  # id tables row-sharded over ddp ranks: trainer/engine/sharded_embedding.py
         self.save_hyperparameters({"model": asdict(self.model_cfg), "loss": asdict(self.loss_cfg), "optim": asdict(self.optim_cfg),
                                    "metrics_k": self.metrics_k, "monitor_k": monitor_k, "predict_top_k": predict_top_k,
-                                   "eval_item_batch": eval_item_batch, "cold_start_eval": cold_start_eval})
+                                   "eval_item_batch": eval_item_batch, "cold_start_eval": cold_start_eval,
+                                   "evaluation": asdict(self.eval_cfg)})
         self.towers = None
         self.rating_head: RatingHead | None = None  # built with the towers when a rating objective is used
         self.objective = build_objective(self.loss_cfg)
         self.ranking = RankingAccumulator(self.metrics_k)
         self.rating = RatingAccumulator()
+        self.sampled = SampledEval([], self.metrics_k)  # protocols set per evaluation from the dataset (_start_eval)
         self._item_table: Tensor | None = None
         self._eval_ctx: dict[str, Any] = {}
 
@@ -244,6 +252,10 @@ class FusionModule(pl.LightningModule):
         self._eval_ctx = {}
         self.ranking.reset()
         self.rating.reset()
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        manifest = dm.side.manifest if getattr(dm, "side", None) is not None else {}
+        self.sampled = SampledEval(self.eval_cfg.protocols(stored_negatives(manifest), str(getattr(dm, "dataset_dir", ""))),
+                                   self.metrics_k)
 
     def _encode_catalog(self) -> None:
         """Encode the whole catalog once per evaluation (cost grows with items, not items x users). Done in the
@@ -284,17 +296,18 @@ class FusionModule(pl.LightningModule):
         self._encode_catalog()
         ctx = {**self._eval_ctx, **batch}
         user, gates = self.encode_eval_users(batch, ctx)
-        scores = user @ self._item_table.T  # (B, n_items)
+        table = self._item_table  # (n_items, D); scores are ranked block by block: never a (B, n_items) copy
         rows, cols = batch["target_rows"], batch["target_cols"]
         if self.rating_head is not None:
-            self.rating.update(self._rating(batch["user"][rows], cols, scores[rows, cols]), batch["target_ratings"])
-        if self.cold_start_eval:
-            scores = scores.masked_fill(~self.item_cold, float("-inf"))
-        b = scores.shape[0]
+            score = (user[rows] * table[cols]).sum(-1)
+            self.rating.update(self._rating(batch["user"][rows], cols, score), batch["target_ratings"])
+        b = user.shape[0]
         relevant = _csr(rows, cols, b)
-        seen = _csr(batch["seen_rows"], batch["seen_cols"], b)
-        self.ranking.update(scores, relevant, seen)
-        return scores, gates
+        top, _ = full_ranking_top(user, table, max(self.metrics_k), batch["seen_rows"], batch["seen_cols"],
+                                  self.eval_cfg.block_items, self.item_cold if self.cold_start_eval else None)
+        self.ranking.update_top(top, relevant, table.shape[0])
+        self.sampled.update(user, table, batch, relevant)
+        return top, gates
 
     def _rating(self, users: Tensor, items: Tensor, score: Tensor) -> Tensor | None:
         """Predicted ratings (B,) from the towers' scores (B,), or None without a rating objective."""
@@ -306,6 +319,8 @@ class FusionModule(pl.LightningModule):
         if self.rating_head is not None:
             metrics.update(self.rating.compute(*self._reduce(*self.rating.state())))
         metrics["ndcg"] = metrics[f"ndcg@{self.monitor_k}"]
+        for name, acc in self.sampled.accumulators.items():  # every rank holds the same protocols, in one order
+            metrics.update({f"{name}/{k}": v for k, v in acc.compute(*self._reduce(*acc.state())).items()})
         # already reduced across ranks: every rank logs the same numbers
         self.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=False)
         self._item_table = None
@@ -343,11 +358,10 @@ class FusionModule(pl.LightningModule):
         self._encode_catalog()
         ctx = {**self._eval_ctx, **batch}
         user, gates = self.encode_eval_users(batch, ctx)
-        scores = user @ self._item_table.T
-        scores[batch["seen_rows"], batch["seen_cols"]] = float("-inf")
-        top = scores.topk(min(self.predict_top_k, scores.shape[1]), dim=1)
+        items, scores = full_ranking_top(user, self._item_table, self.predict_top_k, batch["seen_rows"],
+                                         batch["seen_cols"], self.eval_cfg.block_items)
         keep = ~batch["padding"] if "padding" in batch else torch.ones_like(batch["user"], dtype=torch.bool)
-        out = {"user": batch["user"][keep], "items": top.indices[keep], "scores": top.values[keep]}
+        out = {"user": batch["user"][keep], "items": items[keep], "scores": scores[keep]}
         if gates is not None:
             out["gates"] = gates[keep]
         return out
