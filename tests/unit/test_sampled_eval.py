@@ -80,3 +80,30 @@ def test_module_evaluation_is_the_same_for_any_block_size(tmp_path):
     assert sorted(results[0]) == ["full", "pop5", "uni5"]
     assert results[0] == results[1] == results[2]
     assert results[0]["full"] != results[0]["uni5"]  # 16 items ranked vs ~6 candidates: different numbers
+
+
+def test_lightning_validation_logs_sampled_metrics_beside_full_ranking(tmp_path):
+    import pytorch_lightning as pl
+
+    from data_modules.datamodule import FusionDataModule
+
+    root = pipeline.prepare(PrepareConfig.from_dict({
+        "source": {"format": "recbole", "path": str(FIXTURE), "name": "tiny"},
+        "clean": {"rating_range": [1, 5]},
+        "negatives": {"protocols": ["uni5"]},
+        "output": {"dir": str(tmp_path / "out")},
+    })).path
+    logged = []
+    for block in (16, 4):
+        pl.seed_everything(0)
+        dm = FusionDataModule(dataset_dir=str(root), eval_batch_size=6, history_len=4)
+        module = FusionModule(model={"dim": 8, "sources": ["id"]}, metrics_k=[5, 10], monitor_k=10,
+                              evaluation={"block_items": block, "sampled": ["uni5"]})
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        logged.append(trainer.validate(module, datamodule=dm, verbose=False)[0])
+    names = set(logged[0])
+    assert {"val/ndcg@10", "val/uni5/ndcg@10", "val/uni5/recall@5", "val/uni5/mrr@10"} <= names
+    assert logged[0] == logged[1]  # the same numbers with 4-item blocks as with one 16-item block
+    # 1 held-out item among 1 + 5 distinct-or-fewer candidates: hit@5 can only miss when it ranks 6th
+    assert 0 < logged[0]["val/uni5/hit@5"] <= 1 and logged[0]["val/uni5/hit@10"] == 1.0
