@@ -6,6 +6,8 @@
     python benchmarks/seeded.py cold_user --dataset /tmp/ml100k_cold_user
     # Amazon 2014 Musical Instruments, time-ordered leave-one-out; peers: benchmarks/sequential_peers.py
     python benchmarks/seeded.py sequential --dataset /tmp/amazon_mi
+    # the same with precomputed SmolLM2 item vectors (benchmarks/precompute_item_vectors.py): id + vector vs id only
+    python benchmarks/seeded.py vector --dataset /tmp/amazon_mi_vec
     # HetRec Last.fm 2K with and without the friend graph; peers and the table: benchmarks/social_peers.py
     python benchmarks/seeded.py social --dataset /tmp/lastfm_social
     # a subset, other seeds, or only the tables again (from --out), with the RecBole peers' rows
@@ -117,6 +119,16 @@ SUITES: dict[str, Suite] = {
             "fused_full": [*FUSED_ITEMS, *USER_IS_HISTORY, *FULL_CATALOG],
             "id_seq_full": [*_list("--model.model.sources", ["id", "sequence"]), *USER_IS_HISTORY, *_REPR, "id", *FULL_CATALOG],
             "text_seq_full": [*_list("--model.model.sources", ["text", "sequence"]), *USER_IS_HISTORY, *FULL_CATALOG],
+        },
+    ),
+    "vector": Suite(
+        # the sequential setting with precomputed item vectors (benchmarks/precompute_item_vectors.py: SmolLM2-135M over
+        # the item text, prepared into --dataset); history items are the item tower's vectors in both variants, so
+        # the vector source is the only difference
+        "configs/amazon_mi.yaml", "val/ndcg@10", "max", ("ndcg@10", "recall@10", "mrr@10", "ndcg@20", "recall@20"),
+        {
+            "id_only": [*_list("--model.model.sources", ["id", "sequence"]), *USER_IS_HISTORY],
+            "id_vector": [*_list("--model.model.sources", ["id", "vector", "sequence"]), *USER_IS_HISTORY],
         },
     ),
 }

@@ -20,6 +20,8 @@
         {user,item}_num (n, F) float32     numeric fields, standardised, missing = 0
         {user,item}_multi_<field>_offsets / _values   multi-categorical CSR, codes start at 1
         {user,item}_text_offsets / _ids    token ids of the rendered text template (CSR)
+        {user,item}_vectors (n, D) float32 precomputed vectors (vectors: section), row = dense id, zeros = none
+        {user,item}_vector_mask (n,) bool  True = the entity has a vector (counts: manifest schema.vectors)
         graph_social (E, 2) int32          user -> user
         graph_kg (E, 3) int32              item, relation code, entity code
         graph_item_item (E, 3) int32       item, item, relation code

@@ -53,6 +53,10 @@ class SideData:
     def text_info(self, entity: str) -> dict[str, Any] | None:
         return (self.manifest["schema"].get("text") or {}).get(entity)
 
+    def vector_info(self, entity: str) -> dict[str, Any] | None:
+        """`user` / `item` precomputed vectors: {file, dim, rows, matched, missing, not_in_catalog, unknown}, or None."""
+        return (self.manifest["schema"].get("vectors") or {}).get(entity)
+
     @cached_property
     def train_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(users, items) of every training interaction, from the history CSR (no shard read needed)."""

@@ -149,6 +149,60 @@ class TextConfig:
 
 
 @dataclass
+class VectorFileConfig:
+    """Precomputed vectors of one entity kind (item embeddings from an image model, a foundation model run offline),
+    keyed by the raw id the interactions use. Read memory-mapped (data_modules/prepare/vectors.py)."""
+
+    path: str = ""
+    """(str) `.npy` float matrix (N, D), or a `.parquet` file with an id column and a list / fixed-size-list vector column."""
+    ids: str | None = None
+    """(str) `.npy` only: the N raw ids of its rows, one per line in a text file, or a `.npy` array of ids (row order)."""
+    id_column: str = "id"
+    """(str) parquet only: the column of raw ids."""
+    vector_column: str = "vector"
+    """(str) parquet only: the column of vectors (every row the same length)."""
+    dim: int | None = None
+    """(int) expected vector size: a file of another size is an error; null = the file's own."""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("vectors.<entity>.path is required (a .npy or .parquet file)")
+        if Path(self.path).suffix.lower() not in (".npy", ".parquet"):
+            raise ValueError(f"vectors.<entity>.path={self.path!r}: expected a .npy or .parquet file")
+        if Path(self.path).suffix.lower() == ".npy" and not self.ids:
+            raise ValueError(f"vectors.<entity>.path={self.path!r} is a .npy matrix: `ids` must name its row ids")
+        if self.dim is not None and self.dim <= 0:
+            raise ValueError(f"vectors.<entity>.dim={self.dim}: expected > 0 or null")
+
+
+@dataclass
+class VectorsConfig:
+    """Precomputed item and / or user vectors (the `vector` source of the model); both null = none."""
+
+    item: VectorFileConfig | None = None
+    """(dict) item vectors file, see VectorFileConfig."""
+    user: VectorFileConfig | None = None
+    """(dict) user vectors file, see VectorFileConfig."""
+
+    def __post_init__(self) -> None:
+        for ent in ("item", "user"):
+            v = getattr(self, ent)
+            if isinstance(v, dict):
+                try:
+                    setattr(self, ent, VectorFileConfig(**v))
+                except TypeError as e:
+                    raise ValueError(f"vectors.{ent}: {e}") from e
+
+    def files(self) -> list[Path]:
+        """Every vector and id file named, for the fingerprint."""
+        out = []
+        for v in (self.item, self.user):
+            if v is not None:
+                out += [Path(p).expanduser() for p in (v.path, v.ids) if p]
+        return out
+
+
+@dataclass
 class OutputConfig:
     """Where the prepared dataset goes and how it is cut."""
 
@@ -213,6 +267,7 @@ class PrepareConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    vectors: VectorsConfig = field(default_factory=VectorsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     append: AppendConfig | None = None
@@ -226,7 +281,7 @@ class PrepareConfig:
         if unknown:
             raise ValueError(f"unknown prepare config sections {sorted(unknown)}; expected {sorted(groups)}")
         kinds = {"source": SourceConfig, "clean": CleanConfig, "filter": FilterConfig, "split": SplitConfig,
-                 "text": TextConfig, "output": OutputConfig, "engine": EngineConfig}
+                 "text": TextConfig, "vectors": VectorsConfig, "output": OutputConfig, "engine": EngineConfig}
         kinds["negatives"] = NegativesConfig  # sampled-evaluation negatives: data_modules/prepare/negatives.py
         built: dict[str, Any] = {}
         if app := d.get("append"):

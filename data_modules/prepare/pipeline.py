@@ -28,6 +28,7 @@ from data_modules.prepare.negatives import write_negatives
 from data_modules.prepare.plausible import PROVENANCE, check_timestamps, clean_graphs, trim_ids
 from data_modules.prepare.split import TEST, TRAIN, VALID, split_interactions
 from data_modules.prepare.text import render_texts, tokenize
+from data_modules.prepare.vectors import align_vectors, read_vector_file
 from data_modules.prepare.write import (
     atomic_dir,
     sha256_file,
@@ -58,6 +59,8 @@ def fingerprint(cfg: PrepareConfig) -> str:
     h = hashlib.sha256()
     opts = cfg.options()  # the engine is left out: both give the same output
     opts["output"] = {k: v for k, v in opts["output"].items() if k != "dir"}
+    if not any(opts["vectors"].values()):
+        del opts["vectors"]  # no vectors: the same fingerprint as before the section existed (no rebuild)
     if not opts["negatives"]["protocols"]:
         del opts["negatives"]  # no sampled-evaluation negatives: the fingerprint is the one before they existed
     inputs = []
@@ -66,7 +69,7 @@ def fingerprint(cfg: PrepareConfig) -> str:
     else:
         opts["append"], inputs = appending.fingerprint_part(cfg)  # the parent's fingerprint, not its folder
     h.update(json.dumps(opts, sort_keys=True, default=str).encode())
-    for f in source_files(cfg.source):
+    for f in [*source_files(cfg.source), *cfg.vectors.files()]:
         h.update(f.name.encode())
         h.update(sha256_file(f).encode())
     for f in inputs:
@@ -175,6 +178,9 @@ def _build(cfg: PrepareConfig, out: Path, fp: str) -> PrepareResult:
                                                    known["user"], known["item"])
     side.update(graph_arrays)
     clock.done("index", len(users) + len(items), "ids", note="users, items, fields, graphs")
+    if vectors := _vectors(cfg, {"user": users, "item": items}, known, q, side):
+        schema["vectors"] = vectors
+        clock.done("vectors", sum(v["rows"] for v in vectors.values()), "rows")
     schema["text"] = _text(cfg, tables, inter, part, users, items, side)
     if schema["text"]:
         clock.done("tokenize", len(items) + (len(users) if "user_text_offsets" in side else 0), "texts")
@@ -296,6 +302,37 @@ def _text(cfg: PrepareConfig, tables: Any, inter: pd.DataFrame, part: np.ndarray
         offs, ids, info["user"] = tokenize(user_texts, cfg.text.tokenizer, cfg.text.max_length, cfg.text.trust_remote_code)
         side["user_text_offsets"], side["user_text_ids"] = offs, ids
         info["user"]["example"] = user_texts[0][:200] if user_texts else ""
+    return info
+
+
+def _out_of_core() -> Any:
+    """The DuckDB engine's build (data_modules/prepare/ooc/), or a DataError saying how to install it."""
+    try:
+        from data_modules.prepare.ooc.build import build
+    except ModuleNotFoundError as e:
+        if e.name != "duckdb":
+            raise
+        raise DataError("engine.kind duckdb needs the duckdb package: pip install 'fusionrec[outofcore]'") from e
+    return build
+
+
+def _mean(ratings: pd.Series) -> float:
+    """Mean of the present ratings as float64 sum / count (NaN when none): exact whatever the row order or
+    partitioning for ratings on a grid (halves, integers), so the out-of-core engine gives the same value."""
+    r = ratings.to_numpy(dtype=np.float64)
+    r = r[~np.isnan(r)]
+    return float(r.sum()) / len(r) if len(r) else float("nan")
+
+
+def _vectors(cfg: PrepareConfig, catalogs: dict[str, pd.Index], known: dict[str, pd.Index], q: Quarantine,
+             side: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Precomputed user / item vectors aligned with the dense ids (prepare/vectors.py); their counts per entity."""
+    info = {}
+    for ent in ("user", "item"):
+        vcfg = getattr(cfg.vectors, ent)
+        if vcfg is not None:
+            arrays, info[ent] = align_vectors(read_vector_file(vcfg, cfg.clean.trim_ids), ent, catalogs[ent], known[ent], q)
+            side.update(arrays)
     return info
 
 

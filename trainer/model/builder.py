@@ -17,6 +17,7 @@ from trainer.model.encoders.id import IdEmbedding
 from trainer.model.encoders.sequence import SequenceEncoder
 from trainer.model.encoders.tabular import TabularEncoder
 from trainer.model.encoders.text import USE_TEXT_CACHE, TextEncoder
+from trainer.model.encoders.vector import VectorEncoder
 from trainer.model.fusion import AttentionFusion, ConcatMLPFusion, GatedFusion
 from trainer.model.losses import BCELoss, BPRLoss, MultiObjective, RatingMSELoss, SampledSoftmaxLoss
 from trainer.model.towers import Tower, TwoTower
@@ -27,8 +28,8 @@ log = logging.getLogger("fusionrec.model")
 
 
 def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> TwoTower:
-    """User tower: id, tabular, text, sequence, graph; item tower: id, tabular, text, graph — each only when both
-    asked for in `cfg.sources` and present in the data (a skipped source is logged, never silent)."""
+    """User tower: id, tabular, text, vector, sequence, graph; item tower: id, tabular, text, vector, graph — each
+    only when both asked for in `cfg.sources` and present in the data (a skipped source is logged, never silent)."""
     want_item = set(cfg.sources)
     want_user = set(cfg.user_sources if cfg.user_sources is not None else cfg.sources)
     want = want_item | want_user
@@ -64,6 +65,10 @@ def build_two_tower(cfg: ModelConfig, side: SideData, history_len: int = 50) -> 
                 lora_target_modules=t.lora_target_modules, gradient_checkpointing=t.gradient_checkpointing,
                 max_length=t.max_length, pad_token_id=info.get("pad_token_id"), padding_side=t.padding_side, dtype=t.dtype,
                 length_buckets=t.length_buckets, name=f"{ent} text")
+    if "vector" in want:
+        for ent, out, on in (("user", users, "vector" in want_user), ("item", items, "vector" in want_item)):
+            if on and (enc := _vector(cfg, side, ent)) is not None:
+                out["vector"] = enc
     sequence = None
     if "sequence" in want_user:
         s = cfg.sequence
@@ -142,6 +147,20 @@ def _tabular(side: SideData, ent: str, d: int, trained: np.ndarray | None = None
         return None
     cards = [c["cardinality"] for c in f.get("categorical", [])]
     return TabularEncoder(cat, cards, num, multi, d, name="tabular", trained=trained)
+
+
+def _vector(cfg: ModelConfig, side: SideData, ent: str) -> VectorEncoder | None:
+    """The precomputed `ent` vectors (prepare's `vectors:` section) projected to `cfg.dim`, or None (logged)."""
+    info = side.vector_info(ent)
+    if info is None:
+        log.info("no %s vectors in the data (prepare with a vectors.%s file): skipped", ent, ent)
+        return None
+    v = cfg.vector
+    log.info("%s vector source: %d-d vectors for %d of %d %ss (the others declared missing)", ent, info["dim"],
+             info["matched"], info["matched"] + info["missing"], ent)
+    return VectorEncoder(np.array(side.array(f"{ent}_vectors")), np.array(side.array(f"{ent}_vector_mask")), cfg.dim,
+                         hidden=v.hidden, dropout=v.dropout, center=v.center,
+                         normalize_input=v.normalize_input, name=f"{ent} vector")
 
 
 def _fusion(cfg: ModelConfig, encoders: dict[str, nn.Module]) -> nn.Module:

@@ -85,13 +85,36 @@ class GraphSourceConfig:
 
 
 @dataclass
+class VectorSourceConfig:
+    """Precomputed vectors (prepare's `vectors:` section) through a small projection; rows without one are missing."""
+
+    hidden: int | None = None
+    """(int) hidden layer size of the projection (Linear -> GELU -> Linear); null = one Linear."""
+    dropout: float = 0.0
+    """(float) dropout on the input vectors in training."""
+    center: bool = True
+    """(bool) subtract the mean vector first (language-model embeddings share one dominant direction)."""
+    normalize_input: bool = True
+    """(bool) L2-normalise each vector before projecting it (files differ in scale)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden is not None and self.hidden <= 0:
+            raise ValueError(f"model.vector.hidden={self.hidden}: expected > 0 or null")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.vector.dropout={self.dropout}: expected in [0, 1)")
+
+
+SOURCES = ("id", "tabular", "text", "vector", "sequence", "graph")
+
+
+@dataclass
 class ModelConfig:
     """Which sources each tower fuses, and how."""
 
     dim: int = 64
     """(int) size of every source vector and of the fused user / item vectors."""
-    sources: list[str] = field(default_factory=lambda: ["id", "tabular", "text", "sequence", "graph"])
-    """(list) sources to use, from id | tabular | text | sequence (user tower only) | graph; unavailable ones are skipped with a log line."""
+    sources: list[str] = field(default_factory=lambda: ["id", "tabular", "text", "vector", "sequence", "graph"])
+    """(list) sources to use, from id | tabular | text | vector (precomputed vectors) | sequence (user tower only) | graph; unavailable ones are skipped with a log line."""
     user_sources: list[str] | None = None
     """(list) the user tower's sources when they differ from `sources`, e.g. [sequence]: the user *is* their history (SASRec-style; no user id to over-fit the validation target); null = `sources`."""
     fusion: Literal["gated", "concat", "attention"] = "gated"
@@ -103,17 +126,18 @@ class ModelConfig:
     text: TextSourceConfig = field(default_factory=TextSourceConfig)
     sequence: SequenceSourceConfig = field(default_factory=SequenceSourceConfig)
     graph: GraphSourceConfig = field(default_factory=GraphSourceConfig)
+    vector: VectorSourceConfig = field(default_factory=VectorSourceConfig)
 
     def __post_init__(self) -> None:
         # nested groups may arrive as dicts (checkpoint hyper-parameters are stored as plain dicts)
-        for key, kind in (("text", TextSourceConfig), ("sequence", SequenceSourceConfig), ("graph", GraphSourceConfig)):
+        for key, kind in (("text", TextSourceConfig), ("sequence", SequenceSourceConfig), ("graph", GraphSourceConfig),
+                          ("vector", VectorSourceConfig)):
             if isinstance(getattr(self, key), dict):
                 setattr(self, key, kind(**getattr(self, key)))
-        bad = set(self.sources) - {"id", "tabular", "text", "sequence", "graph"}
-        if bad or not self.sources:
-            raise ValueError(f"model.sources={self.sources}: expected a non-empty subset of id, tabular, text, sequence, graph")
-        if self.user_sources is not None and (set(self.user_sources) - {"id", "tabular", "text", "sequence", "graph"} or not self.user_sources):
-            raise ValueError(f"model.user_sources={self.user_sources}: expected null or a non-empty subset of id, tabular, text, sequence, graph")
+        if set(self.sources) - set(SOURCES) or not self.sources:
+            raise ValueError(f"model.sources={self.sources}: expected a non-empty subset of {', '.join(SOURCES)}")
+        if self.user_sources is not None and (set(self.user_sources) - set(SOURCES) or not self.user_sources):
+            raise ValueError(f"model.user_sources={self.user_sources}: expected null or a non-empty subset of {', '.join(SOURCES)}")
         if self.dim <= 0:
             raise ValueError(f"model.dim={self.dim}: expected > 0")
         for name, rate in self.source_dropout.items():

@@ -41,7 +41,19 @@ class Tower(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         ctx = ctx or {}
         sources = {name: enc(ids, ctx) for name, enc in self.encoders.items()}
-        return self.fusion(sources, missing)
+        return self.fusion(sources, self.declared_missing(ids, missing))
+
+    def declared_missing(self, ids: Tensor, missing: Tensor | None = None) -> Tensor | None:
+        """(B, S) bool: `missing` (B, S) or'ed with the rows each encoder declares absent for itself (an encoder
+        with `missing_rows(ids) -> (B,) bool`, e.g. the vector source for ids without a vector); None if neither."""
+        own = {i: enc.missing_rows(ids) for i, enc in enumerate(self.encoders.values()) if hasattr(enc, "missing_rows")}
+        if not own:
+            return missing
+        out = (torch.zeros(ids.shape[0], len(self.encoders), dtype=torch.bool, device=ids.device)
+               if missing is None else missing.to(device=ids.device, dtype=torch.bool).clone())
+        for i, rows in own.items():
+            out[:, i] |= rows
+        return out
 
     def forward_unique(self, ids: Tensor, ctx: Mapping[str, Any] | None = None) -> tuple[Tensor, Tensor | None]:
         """`forward` over the distinct ids only, gathered back to `ids`' shape (B,): for many rows of few items

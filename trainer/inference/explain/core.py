@@ -87,12 +87,12 @@ def explain_batch(model, cat: Catalog, users: list[int], k: int, method: str = "
     flat = top.indices.reshape(-1)
     it = model.towers.item
     isrc = encode_sources(it, flat, ctx)
-    imiss = item_missing(model, flat)
+    imiss = it.declared_missing(flat, item_missing(model, flat))  # + rows the encoders lack (no precomputed vector)
     u_rep = u.repeat_interleave(kk, dim=0)  # (B*K, D)
     ish = attribute(it.fusion, isrc, imiss, u_rep, normalize, method)
     ut = model.towers.user
     usrc = encode_sources(ut, batch["user"], ctx)
-    umiss = model.user_missing(batch["user"])
+    umiss = ut.declared_missing(batch["user"], model.user_missing(batch["user"]))
     v = cat.items[top.indices]  # (B, K, D)
     ush = attribute(ut.fusion, usrc, umiss, v, normalize, method)
     item_shares = Shares(ish.names, ish.shares.view(b, kk, -1), ish.score.view(b, kk), ish.baseline.view(b, kk),

@@ -15,6 +15,8 @@ class SourceEncoder(Protocol):
     `ctx` holds whatever else the source needs for this call (e.g. `history` (B, L) for the sequence encoder,
     precomputed graph tables); encoders that need nothing ignore it. Side features live inside the encoder as
     buffers, so any id (every item, for full ranking) can be encoded without a batch carrying features.
+    An encoder whose source is absent for some ids may also define `missing_rows(ids) -> (B,) bool` (the vector
+    source: ids without a vector); the tower declares those rows missing to the fusion head.
     """
 
     name: str
