@@ -107,3 +107,35 @@ def test_lightning_validation_logs_sampled_metrics_beside_full_ranking(tmp_path)
     assert logged[0] == logged[1]  # the same numbers with 4-item blocks as with one 16-item block
     # 1 held-out item among 1 + 5 distinct-or-fewer candidates: hit@5 can only miss when it ranks 6th
     assert 0 < logged[0]["val/uni5/hit@5"] <= 1 and logged[0]["val/uni5/hit@10"] == 1.0
+
+
+def test_predict_top_items_are_the_same_in_blocks_and_equal_plain_topk(tmp_path):
+    import pytorch_lightning as pl
+
+    from data_modules.datamodule import FusionDataModule
+
+    root = pipeline.prepare(PrepareConfig.from_dict({
+        "source": {"format": "recbole", "path": str(FIXTURE), "name": "tiny"},
+        "clean": {"rating_range": [1, 5]},
+        "output": {"dir": str(tmp_path / "out")},
+    })).path
+    runs = []
+    for block in (16, 3):
+        pl.seed_everything(0)
+        dm = FusionDataModule(dataset_dir=str(root), eval_batch_size=6, history_len=4)
+        module = FusionModule(model={"dim": 8, "sources": ["id"]}, predict_top_k=5, evaluation={"block_items": block})
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False)
+        runs.append((module, dm, trainer.predict(module, datamodule=dm)))
+    for a, b in zip(runs[0][2], runs[1][2]):
+        # a (B, 3) matmul may round the last bit unlike a (B, 16) one (BLAS picks kernels by shape): scores are
+        # equal to float precision, and ranking a given score matrix is exact (tests/unit/test_topk_blocks.py)
+        assert torch.equal(a["items"], b["items"]) and torch.allclose(a["scores"], b["scores"], rtol=1e-6, atol=0)
+    # the plain dense ranking (what predict did before): continuous scores, so the same items
+    module, dm, out = runs[0]
+    batch = next(iter(dm.predict_dataloader()))
+    with torch.no_grad():
+        user, _ = module.encode_eval_users(batch, {**module.towers.context(), **batch})
+        scores = user @ module._all_items(module.towers.context()).T
+    scores[batch["seen_rows"], batch["seen_cols"]] = float("-inf")
+    assert torch.equal(scores.topk(5, dim=1).indices, out[0]["items"])
