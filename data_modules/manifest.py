@@ -87,4 +87,7 @@ def format_manifest(m: dict[str, Any], root: str | Path) -> str:
     for split, shards in m["shards"].items():
         lines.append(f"shards       {split}: {len(shards)} file(s), {sum(x['rows'] for x in shards)} rows, "
                      f"{sum(x['bytes'] for x in shards) / 1e6:.2f} MB")
+    for name, e in negatives.stored(m).items():
+        lines.append(f"negatives    {name}: {e['num']} {e['distribution']} per held-out interaction (seed {e['seed']}); "
+                     + ", ".join(f"{s} {e[s]['rows']} rows" for s in ("valid", "test") if s in e))
     return "\n".join(lines)

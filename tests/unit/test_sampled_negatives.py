@@ -106,3 +106,12 @@ def test_eval_set_candidates_are_held_out_items_plus_distinct_negatives(tmp_path
         mine = negs[negs["user"] == u]
         expect = sorted(set(mine["item"].tolist()) | {int(i) for n in mine["negatives"] for i in n})
         assert got == expect
+
+
+def test_inspect_names_the_stored_negatives(tmp_path):
+    from data_modules.manifest import format_manifest
+
+    root = _prepare(tmp_path)
+    text = format_manifest(load_manifest(root), root)
+    assert "negatives    uni5: 5 uniform per held-out interaction (seed 2020); valid 20 rows, test 20 rows" in text
+    assert "negatives    pop5: 5 popularity" in text
