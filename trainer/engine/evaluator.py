@@ -30,7 +30,8 @@ class EvalConfig:
     sampled: list[str] | None = None
     """(list of str) sampled-negative protocols to evaluate beside full ranking, logged as <stage>/<protocol>/
     <metric> (e.g. val/uni100/ndcg@10); they must be stored with the prepared split (prepare config
-    `negatives.protocols`). null = every protocol the dataset stores; [] = none."""
+    `negatives.protocols`). null = every protocol the dataset stores; [] = none. Each ranks only its own
+    candidates (the held-out items and their negatives): `cold_start_eval` restricts full ranking alone."""
 
     def __post_init__(self) -> None:
         if self.block_items <= 0:
