@@ -44,8 +44,9 @@ class KillOnce(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def fit(out: Path, *, kill_marker: Path | None = None) -> tuple[Path, str]:
-    """launch/torchrun.sh fit on 2 CPU ranks with MAX_RESTARTS=1; returns (newest TensorBoard log dir, log)."""
+def fit(out: Path, *, kill_marker: Path | None = None, strategy: str = "ddp") -> tuple[Path, str]:
+    """launch/torchrun.sh fit on 2 CPU ranks with MAX_RESTARTS=1 under `strategy`; returns (newest TensorBoard log
+    dir, log)."""
     callbacks = [
         "    - class_path: pytorch_lightning.callbacks.ModelCheckpoint\n"
         f'      init_args: {{every_n_train_steps: {EVERY}, save_last: true, save_top_k: -1, filename: "s{{step}}"}}\n'
@@ -60,7 +61,7 @@ def fit(out: Path, *, kill_marker: Path | None = None) -> tuple[Path, str]:
         "--data.dataset_dir", str(out.parent / "data"),
         "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
         "--trainer.max_epochs", "2", "--model.model.source_dropout", "{}", "--model.optim.min_lr_ratio", "1.0",
-        "--strategy_name", "ddp",
+        "--strategy_name", strategy,
     ]  # fmt: skip
     # configs/tiny.yaml's inputs are relative to the repository; every output goes to tmp_path
     # a session of its own: on a timeout the workers are killed with the agent instead of lingering
