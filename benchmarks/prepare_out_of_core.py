@@ -23,9 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 CHILD = r"""
-import json, resource, sys, time
+import json, logging, resource, sys, time
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 from data_modules.prepare.config import PrepareConfig
 from data_modules.prepare.pipeline import prepare
 cfg = PrepareConfig.from_dict(json.loads(sys.argv[1]))
@@ -41,16 +44,17 @@ def generate(folder: Path, rows: int, seed: int = 0, chunk: int = 5_000_000) -> 
     rng = np.random.default_rng(seed)
     n_users, n_items = max(100, rows // 50), max(100, rows // 200)
     path = folder / f"{folder.name}.inter"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
+    with open(path, "wb") as f:
+        f.write(b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n")
         for a in range(0, rows, chunk):
             k = min(chunk, rows - a)
-            u = (rng.pareto(1.2, k) * n_users / 20).astype(np.int64) % n_users
-            i = (rng.pareto(1.0, k) * n_items / 50).astype(np.int64) % n_items
-            r = rng.integers(1, 6, k)
-            t = rng.integers(8e8, 9e8, k)
-            f.write("\n".join(map("\t".join, zip(u.astype(str), i.astype(str), r.astype(str), t.astype(str)))))
-            f.write("\n")
+            table = pa.table({
+                "u": pa.array((rng.pareto(1.2, k) * n_users / 20).astype(np.int64) % n_users),
+                "i": pa.array((rng.pareto(1.0, k) * n_items / 50).astype(np.int64) % n_items),
+                "r": pa.array(rng.integers(1, 6, k)),
+                "t": pa.array(rng.integers(8e8, 9e8, k)),
+            })
+            pacsv.write_csv(table, f, pacsv.WriteOptions(delimiter="\t", quoting_style="none", include_header=False))
     return folder
 
 
@@ -59,7 +63,8 @@ def run(cfg: dict, timeout: float) -> dict:
                          cwd=Path(__file__).resolve().parents[1])
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    stages = [ln.strip() for ln in out.stderr.splitlines() if ln.startswith("stage ")]
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "stages": stages}
 
 
 def digest(folder: Path) -> dict[str, str]:

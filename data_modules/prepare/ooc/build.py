@@ -46,7 +46,9 @@ log = logging.getLogger("fusionrec.prepare")
 def build(cfg: PrepareConfig, out: Path, fp: str) -> mem.PrepareResult:
     """Build `out` (the caller holds its build lock); the DuckDB folder is removed afterwards, also on errors."""
     _supported(cfg)
-    work = Path(tempfile.mkdtemp(prefix=".duckdb-", dir=cfg.engine.temp_dir or out.parent))
+    scratch = Path(cfg.engine.temp_dir or out.parent).expanduser()
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.duckdb-", dir=scratch))
     try:
         con = connect(work, cfg.engine.memory_limit_gb, cfg.engine.threads)
         try:
@@ -92,13 +94,14 @@ def _build(con: Any, cfg: PrepareConfig, out: Path, fp: str) -> mem.PrepareResul
         steps.trim_ids(con, q, source)
         trim_ids(tables, q, source)  # side tables and graphs (the empty interactions table counts nothing)
     clean_graphs(tables, cfg.clean, q, source)
-    raw_summary = {"interactions": n_read,
-                   **dict(zip(("users", "items"), con.execute("SELECT count(DISTINCT user), count(DISTINCT item) FROM t").fetchall()[0])),
+    distinct = {key: _distinct(con, key) for key in ("user", "item")}
+    raw_summary = {"interactions": n_read, "users": len(distinct["user"]), "items": len(distinct["item"]),
                    **{k: v for k, v in tables.summary().items() if k not in ("interactions", "users", "items")}}
     rows_seen = n_read + sum(q.counts.get(r, 0) for r in mem.BAD_ROW_RULES)
     log.info("read %s: %s", source, raw_summary)
     clock.done("read", rows_seen)
-    known = {key: _known(con, tables, key) for key in ("user", "item")}
+    known = {key: _known(distinct[key], tables, key) for key in ("user", "item")}
+    del distinct
 
     ledger.mark(q)
     timestamp_unit = steps.check_timestamps(con, cfg.clean, q, source, file)
@@ -195,9 +198,14 @@ def _build(con: Any, cfg: PrepareConfig, out: Path, fp: str) -> mem.PrepareResul
     return mem.PrepareResult(out, manifest, reused=False)
 
 
-def _known(con: Any, tables: Any, key: str) -> pd.Index:
+def _distinct(con: Any, key: str) -> list[str]:
+    """The distinct present `key` ids of the raw interactions (after trimming): the summary counts them (as
+    nunique does, without missing), and `_known` adds the side table's."""
+    return con.sql(f"SELECT DISTINCT {key} FROM t WHERE {key} IS NOT NULL").to_arrow_table().column(0).to_pylist()
+
+
+def _known(ids: list[str], tables: Any, key: str) -> pd.Index:
     """pipeline._known_ids: every `key` id the raw interactions (after trimming) or the side table mention."""
-    ids = con.sql(f"SELECT DISTINCT {key} FROM t WHERE {key} IS NOT NULL").to_arrow_table().column(0).to_pylist()
     side = getattr(tables, f"{key}s")
     more = side[key].astype(str).tolist() if side is not None else []
     return pd.Index(pd.unique(pd.Series([*ids, *more], dtype=object)))

@@ -55,9 +55,8 @@ def check_timestamps(con: duckdb.DuckDBPyConnection, cfg: CleanConfig, q: Quaran
         return None
     note = None
     if cfg.detect_timestamp_unit:
-        median = float(con.execute("SELECT median(abs(timestamp)) FROM t").fetchall()[0][0] or 0.0)
         for limit, unit, div in UNITS:
-            if median > limit:
+            if _median_above(con, limit):
                 median = _numpy_median(con)
                 note = {"assumed": unit, "declared": "s", "median": median, "divided_by": div, "files": [file]}
                 log.warning("timestamps of %s: median %.4g is not seconds (that would be the year %d): read as %s, "
@@ -81,6 +80,19 @@ def check_timestamps(con: duckdb.DuckDBPyConnection, cfg: CleanConfig, q: Quaran
     return note
 
 
+def _median_above(con: duckdb.DuckDBPyConnection, limit: float) -> bool:
+    """np.nanmedian(|timestamp|) > limit, decided by counting (one pass, no sort): the middle value is above it, or,
+    for an even count straddling it, the mean of the two middle values is."""
+    n, above, lo, hi = con.execute(f"SELECT count(*), count_if(abs(timestamp) > {limit!r}), "
+                                   f"max(abs(timestamp)) FILTER (abs(timestamp) <= {limit!r}), "
+                                   f"min(abs(timestamp)) FILTER (abs(timestamp) > {limit!r}) FROM t").fetchall()[0]
+    if n % 2:
+        return above >= (n + 1) // 2
+    if above != n // 2:
+        return above > n // 2
+    return (float(lo) + float(hi)) / 2 > limit
+
+
 def _numpy_median(con: duckdb.DuckDBPyConnection) -> float:
     """np.nanmedian of |timestamp| exactly as numpy computes it: the middle value, or the mean of the two middle ones."""
     n = count(con, "SELECT 1 FROM t")
@@ -96,15 +108,16 @@ def clean(con: duckdb.DuckDBPyConnection, cfg: CleanConfig, q: Quarantine, sourc
     if reject_sql(con, q, "missing_id", f"SELECT * FROM t WHERE {missing} ORDER BY rn", cols, source,
                   "user or item id is empty", file, WS):
         _replace(con, f"SELECT * FROM t WHERE NOT ({missing})", WS)
+    dup = 0
     if cfg.drop_exact_duplicates:
         group = ", ".join(quote(c) for c in cols)
         con.execute(f"CREATE OR REPLACE TABLE keep AS SELECT min(rn) AS rn FROM t GROUP BY {group}")
-        if reject_sql(con, q, "exact_duplicate", "SELECT * FROM t ANTI JOIN keep USING (rn) ORDER BY rn", cols, source,
-                      "row identical to an earlier row", file):
-            _replace(con, "SELECT * FROM t SEMI JOIN keep USING (rn)")
-    if "rating" in cols:
+        dup = reject_sql(con, q, "exact_duplicate", "SELECT * FROM t ANTI JOIN keep USING (rn) ORDER BY rn", cols,
+                         source, "row identical to an earlier row", file)
+    if dup or "rating" in cols:  # one pass: duplicates out and the rating to float32 (as the in-memory engine casts)
         sel = ", ".join("CAST(rating AS FLOAT) AS rating" if c == "rating" else quote(c) for c in cols)
-        _replace(con, f"SELECT rn, {sel} FROM t")
+        _replace(con, f"SELECT rn, {sel} FROM t" + (" SEMI JOIN keep USING (rn)" if dup else ""))
+    if "rating" in cols:
         if cfg.rating_range is not None:
             lo, hi = cfg.rating_range
             # float32 against the bounds as float32: numpy compares a float32 column with a Python float so

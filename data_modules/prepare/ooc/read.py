@@ -50,6 +50,21 @@ def read_inter(con: duckdb.DuckDBPyConnection, path: Path, q: Quarantine) -> tup
     with open(path, "rb") as f:
         columns = f.readline().decode("utf-8").removeprefix("\ufeff").rstrip("\r\n").split("\t")
     before = q.total
+    bad_rows = _load(con, path, names, threads=True)
+    if bad_rows:  # row numbers are only known reading on one thread: read again so
+        con.execute("DROP TABLE raw")
+        bad_rows = _load(con, path, names, threads=False)
+    for number, text, got in bad_rows[:20]:
+        q.reject("malformed_row", path=path, row=number,
+                 reason=f"{got} fields, expected {len(columns)} ({', '.join(columns)})", record=text[:500])
+    q.reject_many("malformed_row", len(bad_rows) - 20, path=path, reason=f"fields, expected {len(columns)}")
+    if not bad_rows and not con.execute("SELECT count(*) FROM raw").fetchall()[0][0]:
+        raise DataError("has a header line but no data rows", path=path)
+    return _convert(con, path, names, q, before)
+
+
+def _load(con: duckdb.DuckDBPyConnection, path: Path, names: list[str], threads: bool) -> list[tuple[int, str, int]]:
+    """Table `raw` (rn + every column as text) streamed from `path`; the malformed rows skipped (line, text, fields)."""
     bad_rows: list[tuple[int, str, int]] = []
 
     def malformed(row: pacsv.InvalidRow) -> str:
@@ -58,7 +73,7 @@ def read_inter(con: duckdb.DuckDBPyConnection, path: Path, q: Quarantine) -> tup
 
     reader = pacsv.open_csv(
         path,
-        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=BLOCK, use_threads=False),
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=BLOCK, use_threads=threads),
         parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, double_quote=False,
                                          ignore_empty_lines=True, invalid_row_handler=malformed),
         convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, null_values=[""],
@@ -83,13 +98,11 @@ def read_inter(con: duckdb.DuckDBPyConnection, path: Path, q: Quarantine) -> tup
 
     stream = pa.RecordBatchReader.from_batches(schema, batches())  # noqa: F841 (DuckDB finds it by name)
     con.execute("CREATE TABLE raw AS SELECT * FROM stream")
-    for number, text, got in bad_rows[:20]:
-        q.reject("malformed_row", path=path, row=number,
-                 reason=f"{got} fields, expected {len(columns)} ({', '.join(columns)})", record=text[:500])
-    q.reject_many("malformed_row", len(bad_rows) - 20, path=path, reason=f"fields, expected {len(columns)}")
-    if not bad_rows and not con.execute("SELECT count(*) FROM raw").fetchall()[0][0]:
-        raise DataError("has a header line but no data rows", path=path)
+    return bad_rows
 
+
+def _convert(con: duckdb.DuckDBPyConnection, path: Path, names: list[str], q: Quarantine, before: int) -> tuple[int, int]:
+    """Table `t` from `raw`: rating and timestamp converted as the reader converts them, its rejections counted."""
     conv = {n: quote(n) for n in names}
     file = str(path)
     ok = "true"
