@@ -43,17 +43,18 @@ def header(path: Path) -> list[str]:
     return names
 
 
-def read_inter(con: duckdb.DuckDBPyConnection, path: Path, q: Quarantine) -> tuple[int, int]:
-    """Create table `t`; return (rows kept, rows read) as the reader counts them (read = kept + quarantined)."""
+def read_inter(con: duckdb.DuckDBPyConnection, path: Path, q: Quarantine, block: int = BLOCK) -> tuple[int, int]:
+    """Create table `t`; return (rows kept, rows read) as the reader counts them (read = kept + quarantined).
+    `block`: bytes parsed at a time (memory per block; rows keep their file order across blocks)."""
     raw_names = header(path)
     names = [INTER_NAMES.get(c, c) for c in raw_names]
     with open(path, "rb") as f:
         columns = f.readline().decode("utf-8").removeprefix("\ufeff").rstrip("\r\n").split("\t")
     before = q.total
-    bad_rows = _load(con, path, names, threads=True)
+    bad_rows = _load(con, path, names, block, threads=True)
     if bad_rows:  # row numbers are only known reading on one thread: read again so
         con.execute("DROP TABLE raw")
-        bad_rows = _load(con, path, names, threads=False)
+        bad_rows = _load(con, path, names, block, threads=False)
     for number, text, got in bad_rows[:20]:
         q.reject("malformed_row", path=path, row=number,
                  reason=f"{got} fields, expected {len(columns)} ({', '.join(columns)})", record=text[:500])
@@ -63,7 +64,8 @@ def read_inter(con: duckdb.DuckDBPyConnection, path: Path, q: Quarantine) -> tup
     return _convert(con, path, names, q, before)
 
 
-def _load(con: duckdb.DuckDBPyConnection, path: Path, names: list[str], threads: bool) -> list[tuple[int, str, int]]:
+def _load(con: duckdb.DuckDBPyConnection, path: Path, names: list[str], block: int,
+          threads: bool) -> list[tuple[int, str, int]]:
     """Table `raw` (rn + every column as text) streamed from `path`; the malformed rows skipped (line, text, fields)."""
     bad_rows: list[tuple[int, str, int]] = []
 
@@ -73,7 +75,7 @@ def _load(con: duckdb.DuckDBPyConnection, path: Path, names: list[str], threads:
 
     reader = pacsv.open_csv(
         path,
-        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=BLOCK, use_threads=threads),
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block, use_threads=threads),
         parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, double_quote=False,
                                          ignore_empty_lines=True, invalid_row_handler=malformed),
         convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, null_values=[""],
