@@ -38,7 +38,7 @@ def trim_ids(con: duckdb.DuckDBPyConnection, q: Quarantine, source: str) -> None
     diff = " OR ".join(f"({c} IS NOT NULL AND {c} <> {strip(c)})" for c in ("user", "item"))
     empty = " OR ".join(f"({c} IS NULL OR {strip(c)} = '')" for c in ("user", "item"))
     changed = f"SELECT rn, user, item FROM t WHERE ({diff}) AND NOT ({empty}) ORDER BY rn"
-    n = count(con, changed, WS)
+    n = count(con, changed.rpartition(" ORDER BY ")[0], WS)
     if n:
         q.reject_many("id_whitespace_trimmed", n, path=source, reason="interactions: whitespace around an id removed; row kept",
                       records=records(con, changed, ["user", "item"], WS, q.sample_per_rule))

@@ -39,22 +39,35 @@ def count(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | Non
     return int(con.execute(f"SELECT count(*) FROM ({sql})", params or {}).fetchall()[0][0])
 
 
+def _first(con: duckdb.DuckDBPyConnection, sql: str, columns: list[str], params: dict[str, Any] | None,
+           limit: int) -> list[tuple]:
+    """The first `limit` rows of `sql`, whose last clause is its ORDER BY: sorted in the outermost query (top-N), with
+    insertion order kept for this query (without it DuckDB may hand rows out in the order threads finish them)."""
+    inner, _, order = sql.rpartition(" ORDER BY ")
+    con.execute("SET preserve_insertion_order = true")
+    try:
+        return con.execute(f"SELECT {', '.join(columns)} FROM ({inner}) ORDER BY {order} LIMIT {limit}",
+                           params or {}).fetchall()
+    finally:
+        con.execute("SET preserve_insertion_order = false")
+
+
 def records(con: duckdb.DuckDBPyConnection, sql: str, columns: list[str], params: dict[str, Any] | None = None,
             limit: int = 20) -> list[dict[str, Any]]:
-    """The first `limit` rows of `sql` as the in-memory engine's `to_dict("records")` gives them (missing = NaN)."""
-    cur = con.execute(f"SELECT {', '.join(_q(c) for c in columns)} FROM ({sql}) LIMIT {limit}", params or {})
-    return [{c: (math.nan if v is None else v) for c, v in zip(columns, row)} for row in cur.fetchall()]
+    """The first `limit` rows of `sql` (ending in ORDER BY) as the in-memory engine's `to_dict("records")` gives
+    them (missing = NaN)."""
+    rows = _first(con, sql, [_q(c) for c in columns], params, limit)
+    return [{c: (math.nan if v is None else v) for c, v in zip(columns, row)} for row in rows]
 
 
 def reject_sql(con: duckdb.DuckDBPyConnection, q: Quarantine, rule: str, sql: str, columns: list[str], source: str,
                reason: str, file: str, params: dict[str, Any] | None = None) -> int:
-    """Count the rows of `sql` (ordered as the in-memory engine meets them, with `rn`) under `rule` and sample the
+    """Count the rows of `sql` (ending in the ORDER BY the in-memory engine meets them in; with `rn`) under `rule` and sample the
     first ones with `file` and line rn + 2, as prepare/plausible.reject_rows does with the provenance columns."""
-    n = count(con, sql, params)
+    n = count(con, sql.rpartition(" ORDER BY ")[0], params)
     if not n:
         return 0
-    sample = con.execute(f"SELECT rn, {', '.join(_q(c) for c in columns)} FROM ({sql}) LIMIT {q.sample_per_rule}",
-                         params or {}).fetchall()
+    sample = _first(con, sql, ["rn", *(_q(c) for c in columns)], params, q.sample_per_rule)
     for row in sample:
         rec = {c: (math.nan if v is None else v) for c, v in zip(columns, row[1:])}
         q.reject(rule, path=file, row=int(row[0]) + 2, reason=reason, record=rec)
