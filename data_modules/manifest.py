@@ -84,6 +84,9 @@ def format_manifest(m: dict[str, Any], root: str | Path) -> str:
     lines.append("graphs       " + (", ".join(f"{g}: {v['edges']} edges" for g, v in graphs.items()) or "none"))
     for ent, t in (m["schema"].get("text") or {}).items():
         lines.append(f"{ent} text    {t['tokenizer']} max_length={t['max_length']} mean tokens {t['mean_tokens']:.1f}; e.g. {t['example']!r}")
+    for ent, v in (m["schema"].get("vectors") or {}).items():
+        lines.append(f"{ent} vectors {v['dim']}-d, {v['matched']} matched, {v['missing']} without a vector, "
+                     f"{v['not_in_catalog']} not in the catalog, {v['unknown']} unknown ids ({v['file']})")
     for split, shards in m["shards"].items():
         lines.append(f"shards       {split}: {len(shards)} file(s), {sum(x['rows'] for x in shards)} rows, "
                      f"{sum(x['bytes'] for x in shards) / 1e6:.2f} MB")
