@@ -93,9 +93,12 @@ def test_rationales_are_real_deterministic_and_grounded(tiny):
                    r["attribution"]["top_item_source"], "movie") for r in recs]
     assert [f.prompt() for f in facts] == [r["prompt"] for r in recs]
     again = Rationale()(facts)  # same model, greedy, same seed, same batch
-    assert again == [r["rationale"] for r in recs]
+    model_said = [r["model_rationale"]["text"] if r["rationale_origin"] == "template" else r["rationale"] for r in recs]
+    assert again == model_said
     named = [n for r in recs for n in r["grounding"]["named"]]
     assert named and all(set(n) == {"kind", "name", "grounded"} for n in named)
+    assert all(n["grounded"] for n in named)  # served rationales: ungrounded model sentences were replaced
+    assert all(r["model_rationale"]["ungrounded"] for r in recs if r["rationale_origin"] == "template")
 
 
 def test_shapley_on_the_same_checkpoint_and_no_rationale(tiny, tmp_path):

@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from trainer.inference.explain.attribution import gated_shares, masked_score, shapley_shares, shapley_values
-from trainer.inference.explain.rationale import Facts, GroundingChecker, first_sentence, normalise_title
+from trainer.inference.explain.rationale import (
+    Facts,
+    GroundingChecker,
+    first_sentence,
+    normalise_title,
+    served_rationales,
+    template_sentence,
+)
 from trainer.model.fusion import AttentionFusion, ConcatMLPFusion, GatedFusion
 
 pytestmark = pytest.mark.unit
@@ -112,3 +119,18 @@ def test_a_hyphenated_genre_is_found_written_with_a_space():
     g = checker.check("A film noir you may like, not sci fi.", facts)
     assert sorted((k, n.lower(), ok) for k, n, ok in g.named) == [("attribute", "film noir", True),
                                                                    ("attribute", "sci fi", False)]
+
+
+def test_an_ungrounded_sentence_is_served_as_a_sentence_built_from_the_facts():
+    checker = GroundingChecker(["Toy Story", "Heat", "Twelve Monkeys"], {"Comedy", "Animation", "Thriller"})
+    facts = Facts("Toy Story", {"class": ["Animation", "Comedy"]}, ["Heat"], "sequence", "movie")
+    texts = ['You may like "Toy Story", a comedy.', 'You may like "Toy Story", a thriller like "Twelve Monkeys".']
+    served = served_rationales(texts, [facts, facts], checker)
+    assert [o for *_, o in served] == ["model", "template"]
+    assert served[0][0] == texts[0]
+    text, g, g_model, _ = served[1]
+    assert text == template_sentence(facts) and g.n_named >= 3 and g.n_grounded == g.n_named
+    assert g_model.n_grounded == 1 and g_model.n_named == 3  # the model's own sentence, as checked
+    assert served_rationales(texts, [facts, facts], checker, "keep")[1][0] == texts[1]
+    with pytest.raises(ValueError, match="ungrounded"):
+        served_rationales(texts, [facts], checker, "drop")

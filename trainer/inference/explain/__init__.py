@@ -32,7 +32,13 @@ from trainer.inference.explain.core import (
     supporting_history,
 )
 from trainer.inference.explain.facts import ItemFacts
-from trainer.inference.explain.rationale import DEFAULT_MODEL, Facts, GroundingChecker, Rationale
+from trainer.inference.explain.rationale import (
+    DEFAULT_MODEL,
+    Facts,
+    GroundingChecker,
+    Rationale,
+    served_rationales,
+)
 
 log = logging.getLogger("fusionrec.explain")
 __all__ = ["explain", "main"]
@@ -128,7 +134,8 @@ def markdown(recs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def explain(checkpoint: str | Path, out: str | Path, config: str | Path | None = None, users: Sequence[str] | None = None,
             users_file: str | None = None, sample: int | None = None, k: int = 10, split: str = "test",
             rationale_model: str | None = DEFAULT_MODEL, method: str = "auto", seed: int = 0, noun: str = "item",
-            trust_remote_code: bool = False, allow_dataset_change: bool = False, batch_size: int = 64) -> dict[str, Any]:
+            trust_remote_code: bool = False, allow_dataset_change: bool = False, batch_size: int = 64,
+            ungrounded: str = "template") -> dict[str, Any]:
     """Write explanations.jsonl and explanations.md under `out`; return the run's summary (also in the JSONL's
     companion `explain.json`)."""
     from trainer.inference.export import load_model
@@ -149,24 +156,31 @@ def explain(checkpoint: str | Path, out: str | Path, config: str | Path | None =
         recs += records(ex, cat, facts, split, noun=noun)
     t_attr = time.process_time() - t1
     t_rat = 0.0
-    grounded = named = 0
+    grounded = named = model_grounded = model_named = fallbacks = 0
     if rationale_model:
         t2 = time.process_time()
         gen = Rationale(rationale_model, seed=seed, trust_remote_code=trust_remote_code)
         texts = gen([r["_facts"] for r in recs])
         checker = GroundingChecker(facts.titles, facts.attribute_vocab())
-        for r, text in zip(recs, texts):
-            g = checker.check(text, r["_facts"])
-            r["rationale"] = text
+        served = served_rationales(texts, [r["_facts"] for r in recs], checker, ungrounded)
+        for r, model_text, (text, g, g_model, origin) in zip(recs, texts, served):
+            r["rationale"], r["rationale_origin"] = text, origin
             r["grounding"] = {"named": [{"kind": kd, "name": n, "grounded": ok} for kd, n, ok in g.named]}
+            if origin == "template":  # what the model wrote, and the names that were not in its facts
+                r["model_rationale"] = {"text": model_text, "ungrounded": [n for _, n, ok in g_model.named if not ok]}
             grounded, named = grounded + g.n_grounded, named + g.n_named
+            model_grounded, model_named = model_grounded + g_model.n_grounded, model_named + g_model.n_named
+            fallbacks += origin == "template"
         t_rat = time.process_time() - t2
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(checkpoint), "dataset_dir": str(dataset_dir), "split": split, "k": k, "users": len(chosen),
             "explanations": len(recs), **methods, "title_source": facts.title_source,
             "rationale_model": rationale_model, "seed": seed,
-            "grounding": {"named": named, "grounded": grounded, "share": grounded / named if named else None},
+            "grounding": {"named": named, "grounded": grounded, "share": grounded / named if named else None,
+                          "model_named": model_named, "model_grounded": model_grounded,
+                          "model_share": model_grounded / model_named if model_named else None,
+                          "ungrounded_policy": ungrounded, "template_fallbacks": fallbacks},
             "cpu_seconds": {"setup": round(t_setup, 2), "attribution": round(t_attr, 2), "rationale": round(t_rat, 2),
                             "per_explanation_without_rationale": t_attr / max(1, len(recs)),
                             "per_explanation_with_rationale": (t_attr + t_rat) / max(1, len(recs))}}
@@ -201,6 +215,9 @@ def main(argv: Sequence[str]) -> int:
                    help="auto: exact decomposition for a gated head, exact Shapley over source masks otherwise")
     p.add_argument("--noun", default="item", help="what an item is called in the prompt (movie, product, ...)")
     p.add_argument("--seed", type=int, default=0, help="user sample and decoding seed")
+    p.add_argument("--ungrounded", default="template", choices=("template", "keep"),
+                   help="a model sentence naming a title / attribute not in its facts: replaced by a sentence built "
+                        "from the facts (template, default) or kept")
     p.add_argument("--trust-remote-code", action="store_true", help="let the rationale model run its own code")
     p.add_argument("--allow-dataset-change", action="store_true",
                    help="explain even if the run config's prepared dataset is not the one the checkpoint was trained on")
@@ -208,7 +225,7 @@ def main(argv: Sequence[str]) -> int:
     model = None if a.rationale_model.lower() == "none" else a.rationale_model
     try:
         meta = explain(a.ckpt, a.out, a.config, a.users, a.users_file, a.sample, a.k, a.split, model, a.attribution,
-                       a.seed, a.noun, a.trust_remote_code, a.allow_dataset_change)
+                       a.seed, a.noun, a.trust_remote_code, a.allow_dataset_change, ungrounded=a.ungrounded)
     except (FileNotFoundError, ValueError) as e:
         print(f"fusionrec explain: error: {e}", file=sys.stderr)
         return 2

@@ -71,20 +71,31 @@ def item_missing(model, ids: Tensor) -> Tensor | None:
     return model.item_cold[ids].unsqueeze(1) & learned.unsqueeze(0)
 
 
+@dataclass
+class Attributed:
+    """Both towers' attributions of the scores of B users against K items each.
+
+    item (B, K, S_i) shares by item source; user (B, K, S_u) shares by user source; and what re-scoring with a
+    source masked needs: item_sources {name: (B*K, D_s)}, item_missing (B*K, S_i) | None, user_sources
+    {name: (B, D_s)}, user_missing (B, S_u)."""
+
+    item: Shares
+    user: Shares
+    item_sources: dict[str, Tensor]
+    item_missing: Tensor | None
+    user_sources: dict[str, Tensor]
+    user_missing: Tensor
+
+
 @torch.no_grad()
-def explain_batch(model, cat: Catalog, users: list[int], k: int, method: str = "auto") -> BatchExplanation:
-    """Top-K unseen items of `users` (dense ids) and both towers' attributions of each score."""
-    batch = cat.eval_set.collate(users)
-    ctx = {**cat.ctx, **batch}
+def attribute_items(model, cat: Catalog, batch: dict[str, Tensor], ctx: dict[str, Any], u: Tensor, items: Tensor,
+                    method: str = "auto") -> Attributed:
+    """Attribute u (B, D) . v for the given items (B, K) (dense ids): the users of `batch` (the eval set's collate)
+    with their fused vectors u, scored against `cat.items[items]`. Used by explain (top K of exact scores) and by
+    `fusionrec recommend` (top K from the retrieval index)."""
     normalize = bool(model.model_cfg.normalize)
-    u, _ = model.encode_eval_users(batch, ctx)  # (B, D)
-    scores = u @ cat.items.T
-    scores[batch["seen_rows"], batch["seen_cols"]] = float("-inf")
-    if model.cold_start_eval:
-        scores = scores.masked_fill(~model.item_cold, float("-inf"))
-    top = scores.topk(min(k, scores.shape[1]), dim=1)
-    b, kk = top.indices.shape
-    flat = top.indices.reshape(-1)
+    b, kk = items.shape
+    flat = items.reshape(-1)
     it = model.towers.item
     isrc = encode_sources(it, flat, ctx)
     imiss = it.declared_missing(flat, item_missing(model, flat))  # + rows the encoders lack (no precomputed vector)
@@ -93,14 +104,29 @@ def explain_batch(model, cat: Catalog, users: list[int], k: int, method: str = "
     ut = model.towers.user
     usrc = encode_sources(ut, batch["user"], ctx)
     umiss = ut.declared_missing(batch["user"], model.user_missing(batch["user"]))
-    v = cat.items[top.indices]  # (B, K, D)
+    v = cat.items[items]  # (B, K, D)
     ush = attribute(ut.fusion, usrc, umiss, v, normalize, method)
     item_shares = Shares(ish.names, ish.shares.view(b, kk, -1), ish.score.view(b, kk), ish.baseline.view(b, kk),
                          None if ish.gates is None else ish.gates.view(b, kk, -1), ish.method)
+    return Attributed(item_shares, ush, isrc, imiss, usrc, umiss)
+
+
+@torch.no_grad()
+def explain_batch(model, cat: Catalog, users: list[int], k: int, method: str = "auto") -> BatchExplanation:
+    """Top-K unseen items of `users` (dense ids) and both towers' attributions of each score."""
+    batch = cat.eval_set.collate(users)
+    ctx = {**cat.ctx, **batch}
+    u, _ = model.encode_eval_users(batch, ctx)  # (B, D)
+    scores = u @ cat.items.T
+    scores[batch["seen_rows"], batch["seen_cols"]] = float("-inf")
+    if model.cold_start_eval:
+        scores = scores.masked_fill(~model.item_cold, float("-inf"))
+    top = scores.topk(min(k, scores.shape[1]), dim=1)
+    att = attribute_items(model, cat, batch, ctx, u, top.indices, method)
     ds = cat.eval_set
     history = [np.asarray(ds.seq_items[ds.seq_offsets[x]:ds.seq_offsets[x + 1]]) for x in users]
-    return BatchExplanation(batch["user"], top.indices, top.values, scores, item_shares, ush, history, u, isrc, imiss,
-                            usrc, umiss)
+    return BatchExplanation(batch["user"], top.indices, top.values, scores, att.item, att.user, history, u,
+                            att.item_sources, att.item_missing, att.user_sources, att.user_missing)
 
 
 def supporting_history(cat: Catalog, item: int, history: np.ndarray, n: int = 3) -> list[tuple[int, float]]:

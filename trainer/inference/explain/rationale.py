@@ -96,6 +96,35 @@ class Rationale:
         return out
 
 
+def template_sentence(f: Facts) -> str:
+    """A rationale built from the facts alone: what is served when the model's sentence names something else."""
+    attrs = f.attribute_values()[:2]
+    what = f' ({", ".join(attrs)})' if attrs else ""
+    liked = f' because you liked {" and ".join(f"{chr(34)}{t}{chr(34)}" for t in f.history[:2])}' if f.history else ""
+    return (f'You may like "{f.title}"{what}{liked}; the strongest evidence is '
+            f"{SOURCE_WORDS.get(f.top_source, f.top_source)}.")
+
+
+def served_rationales(texts: Sequence[str], facts: Sequence[Facts], checker: GroundingChecker,
+                      ungrounded: str = "template") -> list[tuple[str, Grounding, Grounding, str]]:
+    """Per rationale: (served text, its grounding, the model sentence's grounding, origin).
+
+    ungrounded="template": a model sentence that names a title or attribute not in its prompt's facts is replaced
+    by `template_sentence` (origin "template"), so every served rationale is grounded; "keep" serves it as it is.
+    """
+    if ungrounded not in ("template", "keep"):
+        raise ValueError(f"ungrounded={ungrounded!r}: expected 'template' or 'keep'")
+    out = []
+    for text, f in zip(texts, facts):
+        g = checker.check(text, f)
+        if ungrounded == "template" and g.n_grounded < g.n_named:
+            t = template_sentence(f)
+            out.append((t, checker.check(t, f), g, "template"))
+        else:
+            out.append((text, g, g, "model"))
+    return out
+
+
 def first_sentence(text: str) -> str:
     """Up to the first . ! ? outside double quotes that ends the text or precedes a space (titles keep "Mr.")."""
     text = " ".join(text.strip().split())
