@@ -59,6 +59,7 @@ NO_DROPOUT = ["--model.model.source_dropout", "{}"]
 # later flags override earlier ones, so a variant may follow this with its own item_repr or source_dropout
 FULL_CATALOG = ["--model.loss.full_catalog", "true", "--data.num_negatives", "0"]
 USER_IS_HISTORY = [*_list("--model.model.user_sources", ["sequence"]), *_REPR, "item_tower", *NO_DROPOUT]
+GRAPH_ONLY = ["--trainer.max_epochs", "20", *_list("--model.model.sources", ["graph"]), *NO_DROPOUT]
 
 SUITES: dict[str, Suite] = {
     "rating": Suite(
@@ -97,6 +98,15 @@ SUITES: dict[str, Suite] = {
                                 *_list("--model.model.sources", ["id", "tabular", "text", "graph"]),
                                 "--model.model.graph.social", "false"],
             "fused_no_graph": ["--trainer.max_epochs", "15", *_list("--model.model.sources", ["id", "tabular", "text"])],
+        },
+    ),
+    "graph": Suite(
+        # the graph source alone (LightGCN over the user-item and knowledge-graph edges of configs/ml100k.yaml), full
+        # propagation every step vs neighbour sampling, at most 20 epochs (benchmarks/graph_scale.py: cost at scale)
+        "configs/ml100k.yaml", "val/ndcg@10", "max", ("ndcg@10", "recall@10", "mrr@10", "hit@10"),
+        {
+            "full": GRAPH_ONLY,
+            "sampled": [*GRAPH_ONLY, "--model.model.graph.fanouts", "[10, 5]"],
         },
     ),
     "sequential": Suite(
