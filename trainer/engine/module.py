@@ -173,9 +173,13 @@ class FusionModule(pl.LightningModule):
             b, n = batch["neg_items"].shape
             neg_ctx = {**ctx, USE_TEXT_CACHE: self.model_cfg.text.cache_negatives}
             neg = self._vectors(t.item.forward_unique(batch["neg_items"].reshape(-1), neg_ctx))[0].view(b, n, -1)
-        candidates, batch = global_candidates(pos, batch, self.item_log_pop)
+        # only the softmax reads the (B, C) in-batch scores: BPR / BCE / MSE alone skip that matmul and the gather
+        in_batch, candidates = "softmax" in self.loss_cfg.weights, None
+        if in_batch:
+            candidates, batch = global_candidates(pos, batch, self.item_log_pop)
         rating_pred = self._rating(batch["user"], batch["item"], (user * pos).sum(-1))
-        scores = Scores.from_vectors(user, pos, neg, batch, rating_pred=rating_pred, candidates=candidates)
+        scores = Scores.from_vectors(user, pos, neg, batch, rating_pred=rating_pred, in_batch=in_batch,
+                                     candidates=candidates)
         return self._log_step(self.objective(scores), batch, ugates, igates)
 
     def _full_catalog_step(self, batch: dict[str, Tensor], ctx: dict[str, Any], user: Tensor,
