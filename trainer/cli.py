@@ -4,8 +4,9 @@
     fusionrec data prepare CONFIG --append NEW... --out DIR [--parent DIR]   a prepared dataset + new raw files -> a new one
     fusionrec data inspect DIR [--verify]                 the manifest in human form
     fusionrec fit|validate|test|predict --config RUN.yaml  training and evaluation (LightningCLI)
-    fusionrec export CHECKPOINT --out DIR [--config RUN.yaml]  safetensors weights, user/item embeddings, id maps
+    fusionrec export CHECKPOINT --out DIR [--config RUN.yaml]  safetensors weights, user/item embeddings, id maps, item index
     fusionrec ensemble CKPT CKPT [...] [--out DIR]      late fusion: score weights fit on valid, members + ensemble on test
+    fusionrec recommend --export DIR (--user U... | --users-file F) [--k 10]  top-K unseen items from the export's index
     fusionrec explain --ckpt CKPT (--users ID... | --sample N) --out DIR  top-K per user: score by source, history, rationale
     fusionrec report RUN_DIR [RUN_DIR ...] --out DIR     HTML page: curves, metrics, gates, comparison, popularity bias
 """
@@ -75,11 +76,16 @@ def _export_main(argv: list[str]) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--allow-dataset-change", action="store_true",
                    help="export even if the run config's prepared dataset is not the one the checkpoint was trained on")
+    p.add_argument("--hnsw-m", type=int, default=32, help="item index: graph neighbours per node (default 32)")
+    p.add_argument("--hnsw-ef-construction", type=int, default=100, help="item index: build list (default 100)")
+    p.add_argument("--hnsw-ef-search", type=int, default=128, help="item index: search list (default 128)")
     a = p.parse_args(argv)
+    from trainer.inference.ann_index import HNSWConfig
     from trainer.inference.export import export
 
     try:
-        export(a.checkpoint, a.out, a.config, progress=not a.no_progress, allow_dataset_change=a.allow_dataset_change)
+        export(a.checkpoint, a.out, a.config, progress=not a.no_progress, allow_dataset_change=a.allow_dataset_change,
+               hnsw=HNSWConfig(a.hnsw_m, a.hnsw_ef_construction, a.hnsw_ef_search))
     except (FileNotFoundError, ValueError) as e:
         print(f"fusionrec export: error: {e}", file=sys.stderr)
         return 2
@@ -102,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.inference.report import main as report_main
 
         return report_main(argv[1:])
+    if argv and argv[0] == "recommend":
+        from trainer.inference.recommend import main as recommend_main
+
+        return recommend_main(argv[1:])
     if argv and argv[0] == "explain":
         from trainer.inference.explain import main as explain_main
 
