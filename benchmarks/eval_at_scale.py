@@ -156,7 +156,7 @@ def combine(work: Path, out: Path, args: argparse.Namespace) -> None:
             "metrics": acc.compute(torch.tensor(sums, dtype=torch.float64), torch.tensor(count, dtype=torch.float64))}
     dense, blocked = rows[1], rows[2]
     result = {
-        "commands": ["python benchmarks/eval_at_scale.py side-by-side",
+        "commands": [f"python benchmarks/eval_at_scale.py side-by-side --dense-users {rows[0]['users']}",
                      *[f"python benchmarks/eval_at_scale.py full --part {i} --parts {len(parts)}" for i in range(len(parts))],
                      "python benchmarks/eval_at_scale.py combine"],
         "machine": "2 CPU cores (torch threads 2), shared with other jobs",
