@@ -64,7 +64,8 @@ def run(cfg: dict, timeout: float) -> dict:
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     stages = [ln.strip() for ln in out.stderr.splitlines() if ln.startswith("stage ")]
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "stages": stages}
+    result = next(ln for ln in reversed(out.stdout.splitlines()) if ln.startswith('{"seconds"'))
+    return {**json.loads(result), "stages": stages}
 
 
 def digest(folder: Path) -> dict[str, str]:

@@ -27,7 +27,9 @@ def connect(folder: Path, memory_limit_gb: float, threads: int | None) -> duckdb
                               "temp_directory": str(folder / "spill"), "preserve_insertion_order": False}
     if threads is not None:
         config["threads"] = threads
-    return duckdb.connect(":memory:", config=config)
+    con = duckdb.connect(":memory:", config=config)
+    con.execute("SET enable_progress_bar = false")  # the stage log lines report progress; no bar on stdout
+    return con
 
 
 def strip(col: str) -> str:
