@@ -70,6 +70,12 @@ def format_manifest(m: dict[str, Any], root: str | Path) -> str:
         "unused       " + (", ".join(f"{k}={v['rows']}" for k, v in (m.get("unused") or {}).items()) or "none")
         + ("  (harmless rows nothing kept refers to; not rejected)" if m.get("unused") else ""),
     ]
+    if lin := m.get("lineage"):  # an appended dataset (prepare/append.py)
+        par, add = lin["parent"], lin["added"]
+        lines.append(f"lineage      extends {par['dir']} (fingerprint {par['fingerprint'][:16]}…, {par['counts']['users']} "
+                     f"users, {par['counts']['items']} items; {len(lin['ancestors'])} ancestor(s)) with {add['paths']}: "
+                     f"+{add['users']} users, +{add['items']} items; the parent's training rows now in valid / test: "
+                     f"{lin.get('parent_train_in_eval')}")
     if (m["stats"].get("timestamp_unit") or {}).get("assumed"):
         t = m["stats"]["timestamp_unit"]
         lines.append(f"timestamps   read as {t['assumed']} (median {t['median']:.4g}), not seconds as the format says")

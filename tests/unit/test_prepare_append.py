@@ -12,7 +12,7 @@ import pytest
 
 from data_modules import layout
 from data_modules.errors import DataError
-from data_modules.manifest import load_manifest, verify_checksums
+from data_modules.manifest import format_manifest, load_manifest, verify_checksums
 from data_modules.prepare import pipeline
 from data_modules.prepare.append import with_appended
 from data_modules.prepare.config import PrepareConfig
@@ -126,6 +126,7 @@ def test_manifest_records_the_chain_and_reruns_are_free(tmp_path, parent):
     leak = m["lineage"]["parent_train_in_eval"]
     assert leak["valid"] + leak["test"] > 0
     assert leak == count_leak(root, first.path)
+    assert f"lineage      extends {root.resolve()}" in format_manifest(m, first.path)
     assert m["fingerprint"] != p["fingerprint"]
     assert pipeline.prepare(child_cfg).reused  # same inputs and options: nothing to do
     # a second step: one more user; the grandchild lists both ancestors, nearest first
