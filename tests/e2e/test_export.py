@@ -61,7 +61,7 @@ def exported(tmp_path_factory):
 def test_export_writes_every_file_and_says_where(exported):
     out = exported["out"]
     for name in ("model.safetensors", "user_embeddings.safetensors", "item_embeddings.safetensors", "config.json",
-                 "id_maps/users.parquet", "id_maps/items.parquet"):
+                 "id_maps/users.parquet", "id_maps/items.parquet", "item_index.faiss", "seen.safetensors"):
         assert (out / name).is_file(), name
     assert not (out / "adapter").exists()  # tiny's text source is frozen: no LoRA adapter
     assert f"to {out}" in exported["log"], exported["log"][-2000:]
@@ -189,3 +189,21 @@ def find_config(ckpt: Path) -> Path:
     from trainer.inference.export import find_run_config
 
     return find_run_config(ckpt)
+
+
+def test_recommend_from_the_export_equals_the_predicted_top_k(exported):
+    """`fusionrec recommend` (HNSW index and --exact) on the export returns predict's top-5 for every test user."""
+    df = pd.read_parquet(exported["predictions"])
+    users = sorted(df["user"].astype(str).unique())
+    users_file = exported["root"] / "users.txt"
+    users_file.write_text("\n".join(users) + "\n")
+    for extra in ([], ["--exact"]):
+        out = exported["root"] / f"recs{len(extra)}.jsonl"
+        fusionrec("recommend", "--export", str(exported["out"]), "--users-file", str(users_file), "--k", "5",
+                  "--out", str(out), *extra)
+        recs = {r["user"]: r for r in map(json.loads, out.read_text().splitlines())}
+        assert sorted(recs) == users
+        for user, rows in df.assign(user=df["user"].astype(str)).groupby("user"):
+            rows = rows.sort_values("score", ascending=False)
+            assert [i["item"] for i in recs[user]["items"]] == rows["item"].astype(str).tolist(), (extra, user)
+            np.testing.assert_allclose([i["score"] for i in recs[user]["items"]], rows["score"], atol=1e-5, rtol=0)
