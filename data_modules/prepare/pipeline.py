@@ -305,25 +305,6 @@ def _text(cfg: PrepareConfig, tables: Any, inter: pd.DataFrame, part: np.ndarray
     return info
 
 
-def _out_of_core() -> Any:
-    """The DuckDB engine's build (data_modules/prepare/ooc/), or a DataError saying how to install it."""
-    try:
-        from data_modules.prepare.ooc.build import build
-    except ModuleNotFoundError as e:
-        if e.name != "duckdb":
-            raise
-        raise DataError("engine.kind duckdb needs the duckdb package: pip install 'fusionrec[outofcore]'") from e
-    return build
-
-
-def _mean(ratings: pd.Series) -> float:
-    """Mean of the present ratings as float64 sum / count (NaN when none): exact whatever the row order or
-    partitioning for ratings on a grid (halves, integers), so the out-of-core engine gives the same value."""
-    r = ratings.to_numpy(dtype=np.float64)
-    r = r[~np.isnan(r)]
-    return float(r.sum()) / len(r) if len(r) else float("nan")
-
-
 def _vectors(cfg: PrepareConfig, catalogs: dict[str, pd.Index], known: dict[str, pd.Index], q: Quarantine,
              side: dict[str, np.ndarray]) -> dict[str, Any]:
     """Precomputed user / item vectors aligned with the dense ids (prepare/vectors.py); their counts per entity."""
