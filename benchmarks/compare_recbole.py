@@ -6,7 +6,7 @@
     python benchmarks/compare_recbole.py --recbole-logs ~/.cache/recbole-work/logs \
         --run "fusionrec id-only=runs/ml100k_id_only/version_0" --run "fusionrec fused=runs/ml100k/version_0"
 
-fusionrec's `recbole` split protocol reproduces RecBole's split exactly (tests/unit/test_recbole_split_parity.py),
+fusionrec's `recbole` split protocol reproduces RecBole's split exactly (tests/unit/data/test_recbole_split_parity.py),
 and evaluation masks the same seen items (train for valid; train + valid for test), so the columns compare.
 A run folder's test metrics are read from its TensorBoard event files (tags test/<metric>@10).
 """

@@ -220,7 +220,7 @@ class OutputConfig:
 
 @dataclass
 class EngineConfig:
-    """Which engine runs the stages. Both write the same prepared folder bit for bit (tests/unit/test_prepare_engines.py),
+    """Which engine runs the stages. Both write the same prepared folder bit for bit (tests/unit/data/test_prepare_engines.py),
     so the engine is not part of the fingerprint or the manifest."""
 
     kind: Literal["memory", "duckdb"] = "memory"

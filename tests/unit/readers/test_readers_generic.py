@@ -11,7 +11,7 @@ from data_modules.tables import FieldKind
 
 pytestmark = pytest.mark.unit
 
-GEN = Path(__file__).parents[1] / "fixtures" / "readers" / "generic"
+GEN = Path(__file__).parents[2] / "fixtures" / "readers" / "generic"
 PRESPLIT = {
     "splits": {"train": "presplit/train.csv", "valid": "presplit/valid.csv", "test": "presplit/test.csv"}
 }

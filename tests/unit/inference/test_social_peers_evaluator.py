@@ -14,7 +14,7 @@ import pytest
 from data_modules.evaluation import read_split
 from tests.helpers.tiny_dataset import prepare_tiny
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
 import social_peers  # noqa: E402
 
 

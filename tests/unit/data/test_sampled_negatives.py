@@ -16,7 +16,7 @@ from data_modules.prepare.config import PrepareConfig
 from data_modules.prepare.negatives import NegativesConfig, draw, parse_protocol
 
 pytestmark = pytest.mark.unit
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tiny"
 
 
 def _prepare(tmp_path: Path, name: str = "out", **negatives) -> Path:

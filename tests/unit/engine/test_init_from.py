@@ -9,12 +9,11 @@ import torch
 from data_modules.prepare import pipeline
 from data_modules.prepare.append import with_appended
 from data_modules.side import SideData
+from tests.unit.data.test_prepare_append import NEW, parent_config
 from trainer.engine.dataset_guard import KEY as DATASET_KEY
 from trainer.engine.dataset_guard import DatasetMismatchError, dataset_identity
 from trainer.engine.init_from import init_from_checkpoint, nearest_old
 from trainer.engine.module import FusionModule
-
-from .test_prepare_append import NEW, parent_config
 
 pytestmark = pytest.mark.unit
 MODEL = {"dim": 8, "sources": ["id", "tabular", "sequence", "graph"], "fusion": "gated",

@@ -23,7 +23,7 @@ from trainer.engine.checkpointing import (
 )
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _checkpoint(step: int) -> dict:

@@ -13,7 +13,7 @@ from data_modules.tables import FieldKind
 
 pytestmark = pytest.mark.unit
 
-TINY = Path(__file__).parents[1] / "fixtures" / "readers" / "recbole" / "tiny"
+TINY = Path(__file__).parents[2] / "fixtures" / "readers" / "recbole" / "tiny"
 
 
 def ml100k_dir() -> Path:

@@ -12,7 +12,7 @@ from data_modules.readers.recbole import read_recbole
 
 pytestmark = pytest.mark.unit
 
-FIX = Path(__file__).parents[1] / "fixtures" / "readers"
+FIX = Path(__file__).parents[2] / "fixtures" / "readers"
 
 
 def _atomic(folder: Path) -> Path:

@@ -19,7 +19,7 @@ from trainer.engine.checkpoint_checksums import write_checksums
 
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _touch(path: Path, t: float, text: str = "x") -> None:

@@ -11,7 +11,7 @@ from data_modules.tables import FieldKind
 
 pytestmark = pytest.mark.unit
 
-CIAO = Path(__file__).parents[1] / "fixtures" / "readers" / "ciao"
+CIAO = Path(__file__).parents[2] / "fixtures" / "readers" / "ciao"
 
 
 def test_tiny_ciao():

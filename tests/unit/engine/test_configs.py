@@ -18,7 +18,7 @@ from trainer.engine.strategies import NAMES
 
 pytestmark = pytest.mark.unit
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "configs"
 RUN_YAMLS = sorted(CONFIGS.glob("*.yaml"))
 DATA_YAMLS = sorted((CONFIGS / "data").glob("*.yaml"))

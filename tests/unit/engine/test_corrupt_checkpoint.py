@@ -18,7 +18,7 @@ from pytorch_lightning.demos.boring_classes import BoringModel
 from trainer.engine.checkpointing import AtomicCheckpointIO, CheckpointCorruptError, load_weights_only
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def good_bytes() -> bytes:

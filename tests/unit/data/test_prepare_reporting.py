@@ -13,7 +13,7 @@ from data_modules.prepare.config import PrepareConfig, SplitConfig
 from data_modules.prepare.pipeline import prepare
 
 pytestmark = pytest.mark.unit
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_each_protocol_records_only_what_it_used():

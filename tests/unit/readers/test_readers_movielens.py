@@ -11,7 +11,7 @@ from data_modules.tables import FieldKind
 
 pytestmark = pytest.mark.unit
 
-ML = Path(__file__).parents[1] / "fixtures" / "readers" / "movielens"
+ML = Path(__file__).parents[2] / "fixtures" / "readers" / "movielens"
 
 
 def test_100k_ratings_users_items():

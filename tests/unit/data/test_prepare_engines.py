@@ -19,7 +19,7 @@ from data_modules.prepare.config import PrepareConfig
 from data_modules.prepare.pipeline import prepare
 
 pytest.importorskip("duckdb", reason="engine.kind duckdb needs the duckdb package (the dev / outofcore extra)")
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 RECBOLE_DIGEST = "f2c7dc93733c83031d05d88c55c0d83365a97d7ccdadb4e07885093dd1e6cf6c"
 SMALL_BUDGET = 0.25  # GB: the engine's memory limit in these tests
 

@@ -15,7 +15,7 @@ from data_modules.prepare.config import PrepareConfig
 from data_modules.prepare.conservation import ConservationError
 
 pytestmark = pytest.mark.unit
-FIX = Path(__file__).resolve().parent.parent / "fixtures" / "readers"
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "readers"
 
 SOURCES = {
     "recbole": {"format": "recbole", "path": str(FIX / "recbole" / "tiny"), "name": "tiny"},

@@ -22,7 +22,7 @@ from data_modules.prepare.config import PrepareConfig
 from trainer.engine.checkpointing import AtomicCheckpointIO, load_weights_only
 
 pytestmark = pytest.mark.unit
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tiny"
 
 
 def config(out: Path, seed: int = 2020) -> PrepareConfig:

@@ -21,7 +21,7 @@ from trainer.model.encoders.graph import GraphEncoder
 from trainer.model.encoders.tabular import TabularEncoder
 
 pytestmark = pytest.mark.unit
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tiny"
 
 
 @pytest.fixture(scope="module")

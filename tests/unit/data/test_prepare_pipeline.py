@@ -15,7 +15,7 @@ from data_modules.prepare import pipeline
 from data_modules.prepare.config import PrepareConfig
 
 pytestmark = pytest.mark.unit
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tiny"
 
 
 def config(tmp_path: Path, **overrides) -> PrepareConfig:

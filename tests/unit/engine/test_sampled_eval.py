@@ -18,7 +18,7 @@ from trainer.engine.metrics import metrics_at, ranking_metrics
 from trainer.engine.module import FusionModule
 
 pytestmark = pytest.mark.unit
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tiny"
 KS = [1, 3, 10]
 
 
@@ -129,7 +129,7 @@ def test_predict_top_items_are_the_same_in_blocks_and_equal_plain_topk(tmp_path)
         runs.append((module, dm, trainer.predict(module, datamodule=dm)))
     for a, b in zip(runs[0][2], runs[1][2]):
         # a (B, 3) matmul may round the last bit unlike a (B, 16) one (BLAS picks kernels by shape): scores are
-        # equal to float precision, and ranking a given score matrix is exact (tests/unit/test_topk_blocks.py)
+        # equal to float precision, and ranking a given score matrix is exact (tests/unit/engine/test_topk_blocks.py)
         assert torch.equal(a["items"], b["items"]) and torch.allclose(a["scores"], b["scores"], rtol=1e-6, atol=0)
     # the plain dense ranking (what predict did before): continuous scores, so the same items
     module, dm, out = runs[0]

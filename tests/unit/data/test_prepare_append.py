@@ -18,7 +18,7 @@ from data_modules.prepare.append import with_appended
 from data_modules.prepare.config import PrepareConfig
 
 pytestmark = pytest.mark.unit
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 TINY, NEW = FIXTURES / "tiny", FIXTURES / "tiny_append"
 
 

@@ -13,7 +13,7 @@ from data_modules.tables import FieldKind
 
 pytestmark = pytest.mark.unit
 
-AMZ = Path(__file__).parents[1] / "fixtures" / "readers" / "amazon"
+AMZ = Path(__file__).parents[2] / "fixtures" / "readers" / "amazon"
 
 
 def real(folder: str) -> Path:

@@ -37,7 +37,7 @@ from data_modules.sources import read_source  # noqa: E402
 from tests.helpers.damage import JUNK, damage  # noqa: E402
 
 pytestmark = pytest.mark.unit
-FIX = Path(__file__).resolve().parent.parent / "fixtures" / "readers"
+FIX = Path(__file__).resolve().parents[2] / "fixtures" / "readers"
 
 # name -> (fixture folder, source config with {dir} for the damaged copy, interactions files)
 TEXT_CASES: dict[str, tuple[Path, dict[str, Any], tuple[str, ...]]] = {

@@ -23,7 +23,7 @@ from data_modules.readers.recbole import read_recbole
 
 pytestmark = pytest.mark.unit
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CSV = "user,item,rating,timestamp\n1,a,4,880000000\n2,b,5,880000001\n3,c,3,880000002\n"
 
 

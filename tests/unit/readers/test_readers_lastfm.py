@@ -11,7 +11,7 @@ from data_modules.tables import FieldKind
 
 pytestmark = pytest.mark.unit
 
-LFM = Path(__file__).parents[1] / "fixtures" / "readers" / "lastfm"
+LFM = Path(__file__).parents[2] / "fixtures" / "readers" / "lastfm"
 
 
 def test_listens_items_tags_social_kg():

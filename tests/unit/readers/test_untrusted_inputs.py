@@ -20,7 +20,7 @@ from data_modules.prepare.config import PrepareConfig
 from data_modules.side import SideData
 
 pytestmark = pytest.mark.unit
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "tiny"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "tiny"
 
 
 class Payload:
