@@ -137,7 +137,13 @@ def _items_100k(folder: Path, q: Quarantine) -> pd.DataFrame | None:
         g = read_delimited(
             genre_path, "|", q, header=False, names=["name", "index"], encoding="latin-1"
         ).dropna()
-        genres = g.sort_values("index", key=lambda s: s.astype(int))["name"].tolist()
+        index = pd.to_numeric(g["index"], errors="coerce")
+        if index.isna().any() or (index % 1 != 0).any():
+            bad = int(np.flatnonzero((index.isna() | (index % 1 != 0)).to_numpy())[0])
+            # the genre list names u.item's columns: a damaged entry would shift every item's genres
+            raise DataError(f"genre index {g['index'].iloc[bad]!r} is not an integer (expected lines `name|index`)",
+                            path=genre_path, row=int(g.index[bad]) + 1, field="index")
+        genres = g.assign(index=index.astype(int)).sort_values("index")["name"].tolist()
     names = ["item", "title", "release_date", "video_release_date", "url", *genres]
     df = read_delimited(path, "|", q, header=False, names=names, encoding="latin-1")
     flags = df[genres].fillna("0").to_numpy() == "1"

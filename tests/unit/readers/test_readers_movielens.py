@@ -39,6 +39,16 @@ def test_100k_without_u_genre_uses_standard_names(tmp_path):
     assert t.users is None and t.user_fields == {}
 
 
+def test_a_damaged_genre_index_is_an_error_naming_the_file_and_line(tmp_path):
+    """u.genre names u.item's genre columns in index order: a non-integer index (found by the every-reader property
+    test: `unknown|0,x`) is a DataError with file and row, not a pandas traceback."""
+    shutil.copytree(ML / "ml-100k", tmp_path / "ml-100k")
+    genre = tmp_path / "ml-100k" / "u.genre"
+    genre.write_bytes(genre.read_bytes().replace(b"unknown|0", b"unknown|0,x", 1))
+    with pytest.raises(DataError, match=r"u\.genre, row 1, field 'index': genre index '0,x' is not an integer"):
+        read_movielens(tmp_path / "ml-100k")
+
+
 def test_1m_double_colon_and_latin1():
     t = read_movielens(ML / "ml-1m")
     t.validate()
