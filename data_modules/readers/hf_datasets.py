@@ -86,7 +86,11 @@ def read_hf_dataset(source: str | Path, schema: Mapping[str, Any]) -> CanonicalT
         ds = _split(dataset(ref), split, ref)
         wanted = _wanted_columns(kind, spec, ds.column_names, path)
         try:
-            frame = ds.select_columns(wanted).to_pandas()
+            sub = ds.select_columns(wanted)
+            # a damaged Arrow file is memory-mapped as is: offsets or UTF-8 pointing anywhere crash pyarrow's kernels
+            # (a segfault, not an exception) unless the buffers are validated in full before anything reads them
+            sub.data.table.validate(full=True)
+            frame = sub.to_pandas()
         except Exception as e:  # the Arrow file is memory-mapped: damage past its schema shows only when read
             raise DataError(f"cannot read the dataset's Arrow data (damaged?): {type(e).__name__}: {e}",
                             path=ref if is_hub(ref) else Path(ref)) from e
