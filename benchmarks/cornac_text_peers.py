@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -153,7 +154,7 @@ def evaluate(dataset: Path, work: Path, models: list[str], json_out: Path | None
         missing = [sd for sd in SEEDS if not (work / "scores" / f"{name}-{best_key}-{sd}.npy").exists()]
         if missing:  # the chosen setting's other seeds, fit now in the Cornac venv
             venv = work / "venv_python"
-            py = venv.read_text().strip() if venv.exists() else "/tmp/cornac-venv/bin/python"
+            py = venv.read_text().strip() if venv.exists() else os.environ.get("CORNAC_PYTHON", "python3")
             subprocess.run([py, __file__, "fit-one", "--work", str(work), "--model", name, "--setting", json.dumps(best),
                             "--seeds", *map(str, missing)], check=True)
         per_seed = [_evaluate_matrix(work / "scores" / f"{name}-{best_key}-{sd}.npy", sets) for sd in SEEDS]

@@ -27,6 +27,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def main() -> None:
     p.add_argument("--path", default="blocked")
     p.add_argument("--first", type=int, default=0)
     p.add_argument("--last", type=int, default=None)
-    p.add_argument("--work", default="/tmp/eval_at_scale")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "eval_at_scale"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_at_scale.json"))
     args = p.parse_args()
     work = Path(args.work)

@@ -31,6 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-LOCK = "/tmp/fusionrec-cpu.lock"
+LOCK = os.environ.get("FUSIONREC_CPU_LOCK", str(Path(tempfile.gettempdir()) / "fusionrec-cpu.lock"))
 
 RUN = {
     "seed_everything": 2020,
@@ -146,7 +147,7 @@ def fit(work: Path, name: str, dataset: Path, epochs: int, init_from: str | None
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default="/tmp/fusionrec-incremental")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "fusionrec-incremental"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "incremental_ml100k.json"))
     ap.add_argument("--scratch-epochs", type=int, default=20)
     ap.add_argument("--finetune-epochs", type=int, default=5)

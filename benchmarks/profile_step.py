@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -136,7 +137,7 @@ def main() -> None:
         "[]",
         "--trainer.callbacks+=__main__.StepTimer",
         "--trainer.default_root_dir",
-        "/tmp/fusionrec_profile_step",
+        str(Path(tempfile.gettempdir()) / "fusionrec_profile_step"),
         *a.overrides,
     ]
     rc = cli_main(argv)
